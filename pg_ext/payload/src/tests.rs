@@ -41,10 +41,14 @@ fn a_row_too_big_for_notify_is_left_out_and_flagged() {
 
 #[test]
 fn a_payload_just_under_the_limit_keeps_its_row() {
-    let overhead = insert(serde_json::from_str(r#"{"c":""}"#).unwrap()).to_json().len();
+    let overhead = insert(serde_json::from_str(r#"{"c":""}"#).unwrap())
+        .to_json()
+        .len();
     let fill = "y".repeat(MAX_PAYLOAD_BYTES - overhead);
     let json = format!(r#"{{"c":"{fill}"}}"#);
-    let text = insert(serde_json::from_str(&json).unwrap()).encode().unwrap();
+    let text = insert(serde_json::from_str(&json).unwrap())
+        .encode()
+        .unwrap();
     assert_eq!(text.len(), MAX_PAYLOAD_BYTES);
     assert!(Payload::decode(&text).unwrap().row.is_some());
 }
@@ -62,21 +66,40 @@ fn bad_payloads_are_refused_with_a_reason() {
     let cases = [
         ("", "Malformed"),
         ("{}", "Malformed"),
-        (r#"{"v":2,"op":"D","table":"t","thread":"a","seq":1,"id":"1"}"#, "Version"),
-        (r#"{"v":1,"op":"D","table":"t","thread":"a","seq":0,"id":"1"}"#, "Seq"),
-        (r#"{"v":1,"op":"I","table":"t","thread":"a","seq":1,"id":"1"}"#, "MissingRow"),
-        (r#"{"v":1,"op":"X","table":"t","thread":"a","seq":1,"id":"1"}"#, "Malformed"),
-        (r#"{"v":1,"op":"D","table":"t","thread":"a","seq":1,"id":"1","extra":1}"#, "Malformed"),
+        (
+            r#"{"v":2,"op":"D","table":"t","thread":"a","seq":1,"id":"1"}"#,
+            "Version",
+        ),
+        (
+            r#"{"v":1,"op":"D","table":"t","thread":"a","seq":0,"id":"1"}"#,
+            "Seq",
+        ),
+        (
+            r#"{"v":1,"op":"I","table":"t","thread":"a","seq":1,"id":"1"}"#,
+            "MissingRow",
+        ),
+        (
+            r#"{"v":1,"op":"X","table":"t","thread":"a","seq":1,"id":"1"}"#,
+            "Malformed",
+        ),
+        (
+            r#"{"v":1,"op":"D","table":"t","thread":"a","seq":1,"id":"1","extra":1}"#,
+            "Malformed",
+        ),
     ];
     for (input, want) in cases {
         let err = Payload::decode(input).expect_err(input);
-        assert!(format!("{err:?}").starts_with(want), "{input}: got {err:?}, want {want}");
+        assert!(
+            format!("{err:?}").starts_with(want),
+            "{input}: got {err:?}, want {want}"
+        );
     }
 }
 
 #[test]
 fn a_delete_needs_no_row() {
-    let p = Payload::decode(r#"{"v":1,"op":"D","table":"t","thread":"a","seq":3,"id":"1"}"#).unwrap();
+    let p =
+        Payload::decode(r#"{"v":1,"op":"D","table":"t","thread":"a","seq":3,"id":"1"}"#).unwrap();
     assert_eq!(p.op, Op::Delete);
     assert!(!p.needs_fetch());
 }

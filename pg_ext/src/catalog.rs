@@ -1,0 +1,159 @@
+//! Catalog look-ups shared by `enable()`, `disable()` and `doctor()`, through SPI.
+
+use pgrx::prelude::*;
+
+/// Trigger names `enable()` creates; `doctor()` and `disable()` look for the same.
+pub const SEQ_TRIGGER: &str = "threadcast_seq";
+pub const NOTIFY_TRIGGER: &str = "threadcast_notify";
+
+/// Thread column types whose text form is a stable key (and casts back for look-ups).
+pub const THREAD_TYPES: &[&str] = &[
+    "uuid",
+    "text",
+    "character varying",
+    "smallint",
+    "integer",
+    "bigint",
+];
+
+/// What threadcast needs to know of a table, read once so that the relation can be closed again:
+/// PostgreSQL refuses ALTER TABLE on a relation this session still holds open.
+pub struct Table {
+    pub oid: pg_sys::Oid,
+    /// Schema-qualified and quoted, ready for SQL text and messages.
+    pub name: String,
+    pub is_table: bool,
+    pub is_partitioned: bool,
+    pub replica_identity_full: bool,
+}
+
+impl Table {
+    pub fn read(rel: pgrx::PgRelation) -> Table {
+        // SAFETY: rd_rel of an open relation is always valid.
+        let replident = unsafe { (*rel.rd_rel).relreplident } as u8;
+        Table {
+            oid: rel.oid(),
+            name: pgrx::spi::quote_qualified_identifier(rel.namespace(), rel.name()),
+            is_table: rel.is_table(),
+            is_partitioned: rel.is_partitioned_table(),
+            replica_identity_full: replident == pg_sys::REPLICA_IDENTITY_FULL as u8,
+        }
+        // `rel` is closed here; the AccessShareLock stays until the end of the transaction.
+    }
+}
+
+/// The first column of the first row, `None` when there is no row or it is NULL.
+pub fn first<T: pgrx::FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Option<T> {
+    Spi::connect(|client| {
+        let table = client.select(sql, Some(1), args)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        table.first().get_one::<T>()
+    })
+    .unwrap_or_else(|e: pgrx::spi::Error| crate::report::internal("a catalog query failed", e))
+}
+
+/// A live column: its type as `format_type` prints it.
+pub fn column_type(relid: pg_sys::Oid, column: &str) -> Option<String> {
+    first::<String>(
+        "SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
+          WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+        &[relid.into(), column.into()],
+    )
+}
+
+/// The attribute number of a live column.
+pub fn attnum(relid: pg_sys::Oid, column: &str) -> Option<i16> {
+    first::<i16>(
+        "SELECT a.attnum FROM pg_catalog.pg_attribute a \
+          WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+        &[relid.into(), column.into()],
+    )
+}
+
+/// The primary key's columns, in key order; empty when there is none.
+pub fn primary_key(relid: pg_sys::Oid) -> Vec<String> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT a.attname::text FROM pg_catalog.pg_index i \
+                   CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                  WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+                None,
+                &[relid.into()],
+            )?
+            .map(|row| row.get::<String>(1).map(|v| v.unwrap_or_default()))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap_or_else(|e| crate::report::internal("a catalog query failed", e))
+}
+
+/// A unique, plain index on exactly (thread column, seq column), by name.
+pub fn seq_index(relid: pg_sys::Oid, thread_column: &str, seq_column: &str) -> Option<String> {
+    let (Some(thread), Some(seq)) = (attnum(relid, thread_column), attnum(relid, seq_column))
+    else {
+        return None;
+    };
+    first::<String>(
+        "SELECT i.indexrelid::pg_catalog.regclass::text FROM pg_catalog.pg_index i \
+          WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 2 \
+            AND i.indkey[0] = $2 AND i.indkey[1] = $3 \
+            AND i.indpred IS NULL AND i.indexprs IS NULL \
+          ORDER BY i.indexrelid LIMIT 1",
+        &[relid.into(), thread.into(), seq.into()],
+    )
+}
+
+/// A trigger's `tgenabled` ('O', 'R', 'A' fire; 'D' does not), `None` when absent.
+pub fn trigger_state(relid: pg_sys::Oid, name: &str) -> Option<String> {
+    first::<String>(
+        "SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2",
+        &[relid.into(), name.into()],
+    )
+}
+
+/// Whether the current role owns the table (directly or through membership).
+pub fn owns(relid: pg_sys::Oid) -> bool {
+    first::<bool>(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[relid.into()],
+    )
+    .unwrap_or(false)
+}
+
+/// The registration of a source, as `threadcast.sources` holds it.
+pub struct Source {
+    pub thread_column: String,
+    pub seq_column: String,
+    pub channel: String,
+    pub payload: String,
+    pub seq_index: Option<String>,
+}
+
+pub fn source(relid: pg_sys::Oid) -> Option<Source> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT thread_column::text, seq_column::text, channel, payload, seq_index::text \
+               FROM threadcast.sources WHERE source = $1::pg_catalog.oid::pg_catalog.regclass",
+            Some(1),
+            &[relid.into()],
+        )?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok::<_, pgrx::spi::Error>(Some(Source {
+            thread_column: row.get::<String>(1)?.unwrap_or_default(),
+            seq_column: row.get::<String>(2)?.unwrap_or_default(),
+            channel: row.get::<String>(3)?.unwrap_or_default(),
+            payload: row.get::<String>(4)?.unwrap_or_default(),
+            seq_index: row.get::<String>(5)?,
+        }))
+    })
+    .unwrap_or_else(|e| crate::report::internal("a catalog query failed", e))
+}
