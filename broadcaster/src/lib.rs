@@ -1,1 +1,226 @@
-//! stub
+//! threadcast's broadcaster: turns the `threadcast` extension's notifications into per-thread
+//! Server-Sent Event streams.
+//!
+//! [`run`] serves on a listener the caller bound until the shutdown token fires; [`app`] is the
+//! router, for callers (and tests) that serve it themselves. The library never binds a port or
+//! reads the environment: `main.rs` does.
+
+pub mod auth;
+mod backoff;
+pub mod config;
+pub mod error;
+pub mod fetch;
+pub mod hub;
+mod listener;
+pub mod metrics;
+pub mod ops;
+pub mod source;
+pub mod sse;
+pub mod stream;
+mod thread;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::Router;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+pub use crate::config::Config;
+pub use crate::error::ApiError;
+pub use crate::listener::APPLICATION_NAME;
+
+use crate::auth::Keys;
+use crate::hub::{Hub, ThreadContext};
+use crate::listener::Listener;
+use crate::metrics::Metrics;
+use crate::source::{Source, SourceError};
+
+/// Everything a handler may need; cheap to clone (every field is shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    /// The small pool for reading rows (catch-up, gap repair); also for other features' queries.
+    pub pool: Pool,
+    /// The table served.
+    pub source: Arc<Source>,
+    pub hub: Hub,
+    pub keys: Arc<Keys>,
+    pub metrics: Metrics,
+    /// Fires on shutdown; long-lived responses end on it.
+    pub shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+    streams: Arc<Semaphore>,
+}
+
+/// Why the broadcaster could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("DATABASE_URL is not a valid connection string: {0}")]
+    DatabaseUrl(#[source] tokio_postgres::Error),
+    #[error("cannot create the database pool: {0}")]
+    Pool(String),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("allowed origin {0:?} is not a valid origin")]
+    Origin(String),
+    #[error("serving failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The whole HTTP API over `state`. Features add their routes with `Router::merge`.
+pub fn app(state: AppState) -> Router {
+    let cors = cors(&state.config.allowed_origins);
+    Router::new()
+        .merge(stream::router())
+        .merge(ops::router())
+        .layer(TraceLayer::new_for_http())
+        .layer(cors)
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .allow_credentials(true)
+}
+
+/// A started broadcaster: connected, its source looked up, its LISTEN task running.
+pub struct Broadcaster {
+    state: AppState,
+    tasks: TaskTracker,
+}
+
+impl Broadcaster {
+    /// Connects to the database, looks the source up (a missing source is an error here, not
+    /// later), and starts listening. Everything stops when `shutdown` fires.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        for origin in &config.allowed_origins {
+            if HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
+                return Err(StartError::Origin(origin.clone()));
+            }
+        }
+        let mut pg: tokio_postgres::Config = config
+            .database_url
+            .parse()
+            .map_err(StartError::DatabaseUrl)?;
+        pg.connect_timeout(Duration::from_secs(5))
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
+
+        let mut pool_pg = pg.clone();
+        pool_pg.application_name(format!("{APPLICATION_NAME}-fetch"));
+        let manager = Manager::from_config(
+            pool_pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.fetch_pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StartError::Pool(e.to_string()))?;
+
+        let source = {
+            let client = pool.get().await.map_err(StartError::Connect)?;
+            Arc::new(Source::lookup(&**client, &config.source).await?)
+        };
+        tracing::info!(source = %source.name, channel = %source.channel, keys_only = source.keys_only, "serving source");
+
+        let tasks = TaskTracker::new();
+        let metrics = Metrics::new();
+        let hub = Hub::new(ThreadContext {
+            pool: pool.clone(),
+            source: source.clone(),
+            metrics: metrics.clone(),
+            subscriber_buffer: config.subscriber_buffer,
+            max_backoff: config.max_backoff,
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut listen_pg = pg;
+        listen_pg.application_name(APPLICATION_NAME);
+        tasks.spawn(
+            Listener {
+                pg: listen_pg,
+                source: source.clone(),
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+                max_backoff: config.max_backoff,
+                shutdown: shutdown.clone(),
+            }
+            .run(),
+        );
+        let state = AppState {
+            streams: Arc::new(Semaphore::new(
+                config.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            keys: Arc::new(Keys::new(&config.jwt_secret.0)),
+            config: Arc::new(config),
+            pool,
+            source,
+            hub,
+            metrics,
+            shutdown,
+            ready,
+        };
+        Ok(Broadcaster { state, tasks })
+    }
+
+    /// The shared state, for building routers and for inspection.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves `router` on `listener` until shutdown, then waits for open streams to end and for
+    /// the background tasks to stop.
+    pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
+        let shutdown = self.state.shutdown.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        self.tasks.close();
+        self.tasks.wait().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Starts the broadcaster and serves [`app`] on `listener` until `shutdown` fires.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let broadcaster = Broadcaster::start(config, shutdown).await?;
+    let router = app(broadcaster.state().clone());
+    broadcaster.serve(listener, router).await
+}

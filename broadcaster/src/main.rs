@@ -1,1 +1,142 @@
-fn main() {}
+//! The `threadcast-broadcaster` binary: parses flags, sets up logging, binds, and runs the
+//! library until SIGTERM or Ctrl-C. `token` prints a signed widget token for trying it out.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use threadcast_broadcaster::auth::{Keys, Role};
+use threadcast_broadcaster::config::{SecretArgs, ServeArgs};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
+
+/// Streams the replies of each feedback thread to its widgets as Server-Sent Events.
+#[derive(Parser)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Option<ServeArgs>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a signed widget token (for trying the service out; applications mint their own).
+    Token {
+        /// The thread (feedback id) the token may read.
+        #[arg(long)]
+        feedback_id: Uuid,
+        /// How long the token is valid: a number with s, m, h or d (for example 1h).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// Who the bearer is.
+        #[arg(long, value_enum, default_value_t = Role::EndUser)]
+        role: Role,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+}
+
+/// How long open streams get to end after a shutdown signal before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match (cli.command, cli.serve) {
+        (
+            Some(Command::Token {
+                feedback_id,
+                ttl,
+                role,
+                secret,
+            }),
+            _,
+        ) => {
+            let secret = secret.resolve().context("reading the JWT secret")?;
+            println!("{}", Keys::new(&secret.0).mint(feedback_id, ttl, role));
+            Ok(())
+        }
+        (None, Some(serve)) => serve_until_signal(serve),
+        (None, None) => unreachable!("clap requires the serve flags without a subcommand"),
+    }
+}
+
+#[tokio::main]
+async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let addr = args.addr;
+    let config = args.into_config().context("invalid configuration")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, "listening for HTTP");
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let run = threadcast_broadcaster::run(listener, config, shutdown.clone());
+    tokio::select! {
+        result = run => result.context("the broadcaster stopped")?,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("streams did not end within {SHUTDOWN_GRACE:?} of the shutdown signal; exiting anyway");
+        }
+    }
+    Ok(())
+}
+
+/// Fires `shutdown` on SIGTERM or Ctrl-C.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+/// Parses `90s`, `15m`, `1h`, `7d` (a bare number is seconds).
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 1h"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?}; use s, m, h or d")),
+    };
+    n.checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| "duration too long".to_owned())
+}

@@ -1,0 +1,231 @@
+//! Widget tokens: HS256 JWTs naming the one thread (`feedback_id`) their bearer may read, and the
+//! extractor that finds and checks them on a request.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The cookie a same-site page may carry the token in.
+pub const TOKEN_COOKIE: &str = "threadcast_token";
+
+/// Who the bearer is; an application's backend says so when it mints the token.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The person who left the feedback (the widget's user).
+    #[default]
+    EndUser,
+    /// Someone answering on behalf of the agency.
+    Agency,
+}
+
+/// The claims of a widget token.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// The one thread this token may read.
+    pub feedback_id: Uuid,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// Signs and checks tokens with one HS256 secret.
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Keys {
+    pub fn new(secret: &[u8]) -> Self {
+        // Pinning the algorithm is what refuses `alg: none`, RS256 with the secret as a public
+        // key, and the like; `exp` is required, not merely checked when present.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_aud = false;
+        validation.leeway = 30;
+        Keys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// A token for `feedback_id` that expires `ttl` from now.
+    pub fn mint(&self, feedback_id: Uuid, ttl: Duration, role: Role) -> String {
+        let exp = SystemTime::now()
+            .checked_add(ttl)
+            .unwrap_or(SystemTime::now())
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.sign(&Claims {
+            feedback_id,
+            exp,
+            role,
+        })
+    }
+
+    /// Signs exactly these claims (tests use it for expired tokens).
+    pub fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .expect("HS256 signing of plain claims cannot fail")
+    }
+
+    /// The claims of a valid token; the error says why a token is not.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        use jsonwebtoken::errors::ErrorKind;
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| {
+                let why = match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::InvalidSignature => "the token's signature is not valid",
+                    ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                    ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
+                    _ => "the token is malformed",
+                };
+                ApiError::Unauthorized(why.to_owned())
+            })
+    }
+}
+
+/// The token of a request: `Authorization: Bearer`, else `?token=`, else the cookie. The query
+/// form exists because a browser's EventSource cannot send headers.
+pub fn find_token<'a>(
+    headers: &'a HeaderMap,
+    query_token: Option<&'a str>,
+) -> Result<&'a str, ApiError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("the Authorization header is malformed".into()))?;
+        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(ApiError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`".into(),
+            ));
+        }
+        return Ok(token.trim());
+    }
+    if let Some(token) = query_token.filter(|t| !t.is_empty()) {
+        return Ok(token);
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == TOKEN_COOKIE)
+        .map(|(_, token)| token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("a token is required".into()))
+}
+
+/// The verified claims of the request's token; rejects with 401 when there is none that checks.
+pub struct Authenticated(pub Claims);
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // A query that does not parse has no usable `token`; the handler reports its own
+        // parameters, so this extractor only looks for the token.
+        let query = Query::<TokenQuery>::try_from_uri(&parts.uri).ok();
+        let query_token = query.as_ref().and_then(|q| q.token.as_deref());
+        let token = find_token(&parts.headers, query_token)?;
+        state.keys.verify(token).map(Authenticated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn keys() -> Keys {
+        Keys::new(b"test-secret")
+    }
+
+    #[test]
+    fn a_minted_token_verifies_with_its_claims() {
+        let id = Uuid::new_v4();
+        let claims = keys()
+            .verify(&keys().mint(id, Duration::from_secs(60), Role::Agency))
+            .unwrap();
+        assert_eq!((claims.feedback_id, claims.role), (id, Role::Agency));
+    }
+
+    #[test]
+    fn role_defaults_to_end_user() {
+        let token = keys().sign(&Claims {
+            feedback_id: Uuid::nil(),
+            exp: u64::MAX / 2,
+            role: Role::EndUser,
+        });
+        assert_eq!(keys().verify(&token).unwrap().role, Role::EndUser);
+    }
+
+    #[test]
+    fn another_secret_is_refused() {
+        let token = Keys::new(b"other").mint(Uuid::nil(), Duration::from_secs(60), Role::EndUser);
+        assert!(matches!(
+            keys().verify(&token),
+            Err(ApiError::Unauthorized(_))
+        ));
+    }
+
+    #[test]
+    fn the_header_wins_over_query_and_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer from-header"),
+        );
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("threadcast_token=from-cookie"),
+        );
+        assert_eq!(
+            find_token(&headers, Some("from-query")).unwrap(),
+            "from-header"
+        );
+    }
+
+    #[test]
+    fn the_query_wins_over_the_cookie() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; threadcast_token=from-cookie"),
+        );
+        assert_eq!(
+            find_token(&headers, Some("from-query")).unwrap(),
+            "from-query"
+        );
+        assert_eq!(find_token(&headers, None).unwrap(), "from-cookie");
+    }
+
+    #[test]
+    fn a_non_bearer_authorization_header_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dXNlcjpwYXNz"),
+        );
+        assert!(find_token(&headers, Some("ignored")).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The broadcaster's configuration: the library's `Config`, and the command-line flags (with
+//! environment fallbacks) that `main.rs` turns into one.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the library needs to serve. Tests build one with [`Config::new`] and adjust fields;
+/// the binary builds one from [`ServeArgs`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// libpq-style connection string or URL of the database with the `threadcast` extension.
+    pub database_url: String,
+    /// The HS256 secret that widget tokens are signed with.
+    pub jwt_secret: Secret,
+    /// The table to serve, as `threadcast.enable()` registered it (`schema.table`).
+    pub source: String,
+    /// How long a stream may stay silent before a comment line keeps it alive.
+    pub heartbeat: Duration,
+    /// The reconnection delay a stream suggests to EventSource with its `retry:` field.
+    pub retry: Duration,
+    /// Origins allowed to read streams across origins (CORS); empty allows none.
+    pub allowed_origins: Vec<String>,
+    /// Open streams beyond this number are refused with 503.
+    pub max_connections: usize,
+    /// Events one subscriber may have queued before it is disconnected as too slow.
+    pub subscriber_buffer: usize,
+    /// Connections of the pool used for catch-up, gap repair and omitted rows.
+    pub fetch_pool_size: usize,
+    /// The longest wait between two attempts to re-establish the LISTEN connection.
+    pub max_backoff: Duration,
+}
+
+impl Config {
+    /// A configuration with every optional setting at its default.
+    pub fn new(database_url: impl Into<String>, jwt_secret: impl Into<Vec<u8>>) -> Self {
+        Config {
+            database_url: database_url.into(),
+            jwt_secret: Secret(jwt_secret.into()),
+            source: DEFAULT_SOURCE.to_owned(),
+            heartbeat: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
+            retry: Duration::from_millis(2000),
+            allowed_origins: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
+            fetch_pool_size: DEFAULT_FETCH_POOL_SIZE,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+const DEFAULT_SOURCE: &str = "public.feedback_replies";
+const DEFAULT_HEARTBEAT_SECS: u64 = 15;
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
+const DEFAULT_FETCH_POOL_SIZE: usize = 4;
+
+/// A secret that never shows up in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The token secret, given inline or as a file (for secrets mounted by an orchestrator).
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct SecretArgs {
+    /// The HS256 secret that widget tokens are signed with.
+    #[arg(long, env = "THREADCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A file holding the HS256 secret (trailing newlines are ignored).
+    #[arg(long, env = "THREADCAST_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+}
+
+impl SecretArgs {
+    /// Reads the secret, from the file if one was named.
+    pub fn resolve(&self) -> Result<Secret, ConfigError> {
+        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(inline), _) => inline.clone().into_bytes(),
+            (None, Some(path)) => {
+                let mut bytes = std::fs::read(path).map_err(|source| ConfigError::SecretFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    bytes.pop();
+                }
+                bytes
+            }
+            (None, None) => Vec::new(),
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::EmptySecret);
+        }
+        Ok(Secret(secret))
+    }
+}
+
+/// The flags of `threadcast-broadcaster` (serving), each with an environment fallback.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The database with the threadcast extension (a libpq URL or key=value string).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// The address to listen on.
+    #[arg(long, env = "THREADCAST_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// The table to serve, as registered in threadcast.sources.
+    #[arg(long, env = "THREADCAST_SOURCE", default_value = DEFAULT_SOURCE)]
+    pub source: String,
+    /// Seconds of silence after which a stream sends a comment line to keep proxies from closing it.
+    #[arg(long, env = "THREADCAST_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_secs: u64,
+    /// Comma-separated origins allowed to open streams from a browser (CORS); none by default.
+    #[arg(long, env = "THREADCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// The most streams open at once; more are refused with 503.
+    #[arg(long, env = "THREADCAST_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Events a subscriber may have queued before it is disconnected as too slow (it then resumes).
+    #[arg(long, env = "THREADCAST_SUBSCRIBER_BUFFER", default_value_t = DEFAULT_SUBSCRIBER_BUFFER,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub subscriber_buffer: usize,
+    /// Connections used to read rows from the table (catch-up, gap repair, large rows).
+    #[arg(long, env = "THREADCAST_FETCH_POOL_SIZE", default_value_t = DEFAULT_FETCH_POOL_SIZE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub fetch_pool_size: usize,
+}
+
+impl ServeArgs {
+    /// The library configuration these flags describe; reads the secret file if one was given.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut config = Config::new(self.database_url, self.secret.resolve()?.0);
+        config.source = self.source;
+        config.heartbeat = Duration::from_secs(self.heartbeat_secs);
+        config.allowed_origins = self
+            .allowed_origins
+            .into_iter()
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        config.max_connections = self.max_connections;
+        config.subscriber_buffer = self.subscriber_buffer;
+        config.fetch_pool_size = self.fetch_pool_size;
+        Ok(config)
+    }
+}
+
+/// Why the flags do not make a usable configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the JWT secret file {path}: {source}")]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the JWT secret is empty")]
+    EmptySecret,
+}

@@ -1,0 +1,95 @@
+//! `ApiError`: every way an HTTP request can fail, each answered with its status and a JSON body
+//! `{"error": "..."}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// An error answered to an HTTP client. Client mistakes say what was wrong; internal errors are
+/// logged in full and answered with a generic message so that nothing internal leaks.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is malformed (a missing or bad parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No usable token: missing, malformed, expired, badly signed, or of another algorithm.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token that does not grant what was asked.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The server cannot take this request now (capacity, or the database is unreachable).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// Wraps an unexpected failure.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ApiError::Internal(error.into())
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = %cause, "internal error answering a request");
+        }
+        let status = self.status();
+        let body = Json(serde_json::json!({ "error": self.to_string() }));
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_do_not_leak_their_cause() {
+        let error = ApiError::internal("password authentication failed for user secret_admin");
+        assert_eq!(error.to_string(), "internal error");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn client_errors_map_to_their_status() {
+        let cases = [
+            (ApiError::BadRequest("x".into()), StatusCode::BAD_REQUEST),
+            (ApiError::Unauthorized("x".into()), StatusCode::UNAUTHORIZED),
+            (ApiError::Forbidden("x".into()), StatusCode::FORBIDDEN),
+            (
+                ApiError::Unavailable("x".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.into_response().status(), status);
+        }
+    }
+}

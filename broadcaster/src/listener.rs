@@ -1,0 +1,178 @@
+//! The one LISTEN connection: receives the extension's notifications and hands them to the hub;
+//! when it drops, reconnects with capped exponential backoff, LISTENs again and has every live
+//! thread read what committed in between.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::poll_fn;
+use threadcast_payload::Payload;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::source::Source;
+
+/// The `application_name` of the LISTEN connection, by which operators (and the tests) find it in
+/// `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "threadcast-broadcaster";
+
+/// How often the idle LISTEN connection is probed, so that a silent network cut is noticed.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Owns the LISTEN connection for the life of the broadcaster.
+pub(crate) struct Listener {
+    pub pg: tokio_postgres::Config,
+    pub source: Arc<Source>,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// True while LISTEN is in force; `/readyz` reports it.
+    pub ready: Arc<AtomicBool>,
+    pub max_backoff: Duration,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a LISTEN session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("{0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("the server did not answer a ping within {PING_TIMEOUT:?}")]
+    PingTimeout,
+}
+
+impl Listener {
+    /// Listens until shutdown, reconnecting whenever the connection drops.
+    pub async fn run(self) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
+        let mut sessions = 0u64;
+        while !self.shutdown.is_cancelled() {
+            let result = self.session(&mut backoff, &mut sessions).await;
+            self.ready.store(false, Ordering::SeqCst);
+            match result {
+                Ok(()) => return,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, ?delay, "LISTEN connection lost; reconnecting");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection's life: connect, LISTEN, resync, then pass on notifications until the
+    /// connection fails (Err) or shutdown (Ok).
+    async fn session(&self, backoff: &mut Backoff, sessions: &mut u64) -> Result<(), SessionEnd> {
+        let connect = self.pg.connect(NoTls);
+        let (client, mut connection) = tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(()),
+            result = connect => result?,
+        };
+        // The connection object must be polled for queries to complete; notifications come out
+        // of the same poll, so one task drives it and forwards them.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Result<Notification, tokio_postgres::Error>>();
+        let driver = tokio::spawn(async move {
+            while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(Ok(n)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let _abort_driver = AbortOnDrop(driver);
+
+        let listen = format!("LISTEN {}", quote_ident(&self.source.channel));
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(()),
+            result = client.batch_execute(&listen) => result?,
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        backoff.reset();
+        *sessions += 1;
+        if *sessions > 1 {
+            self.metrics.reconnects.increment(1);
+        }
+        tracing::info!(channel = %self.source.channel, "listening");
+        // Whatever committed before LISTEN took effect reached nobody; the live threads read it
+        // from the table. Their inboxes get this before any notification received from now on.
+        self.hub.resync_all();
+
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.reset();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                message = rx.recv() => match message {
+                    Some(Ok(notification)) => self.on_notification(&notification),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(SessionEnd::Closed),
+                },
+                _ = ping.tick() => {
+                    match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
+                        Ok(result) => { result?; }
+                        Err(_) => return Err(SessionEnd::PingTimeout),
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_notification(&self, notification: &Notification) {
+        self.metrics.notifications.increment(1);
+        if notification.channel() != self.source.channel {
+            return;
+        }
+        match Payload::decode(notification.payload()) {
+            // The channel may be shared with other sources; only ours is served.
+            Ok(payload) if payload.table == self.source.name => self.hub.dispatch(&payload),
+            Ok(payload) => {
+                tracing::trace!(table = %payload.table, "notification for another table")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "ignoring a notification that is not a threadcast payload")
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Quotes an identifier for SQL the way `quote_ident` does.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_are_quoted_as_identifiers() {
+        assert_eq!(quote_ident("threadcast"), "\"threadcast\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+    }
+}

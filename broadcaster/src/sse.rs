@@ -1,0 +1,166 @@
+//! The Server-Sent Events wire format: pre-rendered event frames that fan out without copying,
+//! the keep-alive comments, and the streaming response.
+//!
+//! axum's own `Sse` renders every event per stream; here a frame is rendered once per change and
+//! shared (`Bytes` is reference-counted), so a thousand subscribers cost a thousand pointer copies.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use futures::stream::{BoxStream, Stream};
+use tokio::time::{Instant, Sleep};
+
+/// One rendered event: its seq (the SSE `id`) and the frame as it goes on the wire.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub seq: i64,
+    frame: Bytes,
+}
+
+impl Event {
+    /// `event: reply` with the row as its data.
+    pub fn reply(seq: i64, row_json: &str) -> Self {
+        Event::render(seq, "reply", row_json)
+    }
+
+    /// `event: delete` with `{"id": ...}` as its data.
+    pub fn delete(seq: i64, id: &str) -> Self {
+        Event::render(seq, "delete", &serde_json::json!({ "id": id }).to_string())
+    }
+
+    fn render(seq: i64, kind: &str, data: &str) -> Self {
+        let mut frame = String::with_capacity(data.len() + kind.len() + 32);
+        frame.push_str("id: ");
+        frame.push_str(&seq.to_string());
+        frame.push_str("\nevent: ");
+        frame.push_str(kind);
+        frame.push_str("\ndata: ");
+        // A raw line break would split the data field. In JSON text one can only be whitespace
+        // (inside strings they are escaped), so a space means the same.
+        frame.extend(
+            data.chars()
+                .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+        );
+        frame.push_str("\n\n");
+        Event {
+            seq,
+            frame: Bytes::from(frame),
+        }
+    }
+
+    /// The frame, ready to write.
+    pub fn frame(&self) -> Bytes {
+        self.frame.clone()
+    }
+}
+
+/// The first frame of every stream: how long EventSource waits before reconnecting.
+pub fn retry_frame(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+}
+
+/// The comment sent on a silent stream so that proxies and browsers keep it open.
+pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+
+/// Wraps a stream of frames so that a heartbeat comment goes out after `every` of silence.
+pub struct KeepAlive {
+    inner: BoxStream<'static, Bytes>,
+    every: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl KeepAlive {
+    pub fn new(inner: BoxStream<'static, Bytes>, every: Duration) -> Self {
+        KeepAlive {
+            inner,
+            every,
+            timer: Box::pin(tokio::time::sleep(every)),
+        }
+    }
+}
+
+impl Stream for KeepAlive {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(frame)) => {
+                this.timer.as_mut().reset(Instant::now() + this.every);
+                Poll::Ready(Some(frame))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.timer.as_mut().reset(Instant::now() + this.every);
+                    Poll::Ready(Some(Bytes::from_static(HEARTBEAT)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// A `text/event-stream` response whose body is `frames`.
+pub fn response(frames: impl Stream<Item = Bytes> + Send + 'static) -> Response {
+    use futures::StreamExt;
+    let mut response = Body::from_stream(frames.map(Ok::<_, Infallible>)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tells nginx-style proxies not to buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[test]
+    fn a_reply_renders_as_one_sse_event() {
+        let event = Event::reply(7, r#"{"id":"a","content":"hi\nthere"}"#);
+        assert_eq!(
+            &event.frame()[..],
+            b"id: 7\nevent: reply\ndata: {\"id\":\"a\",\"content\":\"hi\\nthere\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn whitespace_line_breaks_cannot_split_the_data_field() {
+        let event = Event::reply(1, "{\n  \"a\": 1\r\n}");
+        assert_eq!(
+            &event.frame()[..],
+            b"id: 1\nevent: reply\ndata: {   \"a\": 1  }\n\n"
+        );
+    }
+
+    #[test]
+    fn a_delete_carries_the_id() {
+        let event = Event::delete(3, "k\"1");
+        assert_eq!(
+            &event.frame()[..],
+            b"id: 3\nevent: delete\ndata: {\"id\":\"k\\\"1\"}\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_gets_heartbeats() {
+        let mut stream = KeepAlive::new(
+            futures::stream::pending().boxed(),
+            Duration::from_millis(10),
+        );
+        assert_eq!(&stream.next().await.unwrap()[..], HEARTBEAT);
+        assert_eq!(&stream.next().await.unwrap()[..], HEARTBEAT);
+    }
+}
