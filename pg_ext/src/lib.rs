@@ -16,6 +16,8 @@ mod trigger;
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/finish.sql", name = "finish", finalize);
 
+// `#[pg_test]`s: they run inside a real PostgreSQL with the extension installed, each in a
+// transaction that is rolled back. Delivery over real connections is tested in `tests/`.
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 

@@ -34,6 +34,19 @@ thread_local! {
     static TOMBSTONE: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
+// A NOTIFY is only delivered at commit, and a #[pg_test] never commits: the tests read what the
+// trigger queued from here instead.
+#[cfg(any(test, feature = "pg_test"))]
+thread_local! {
+    pub static SENT: RefCell<Vec<(String, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes the (channel, payload) pairs queued since the last call.
+#[cfg(any(test, feature = "pg_test"))]
+pub fn take_sent() -> Vec<(String, String)> {
+    SENT.with(|sent| std::mem::take(&mut *sent.borrow_mut()))
+}
+
 /// Runs a kept plan, preparing it on first use in this backend.
 fn run_kept<T: pgrx::FromDatum + IntoDatum>(
     slot: &'static std::thread::LocalKey<RefCell<Option<OwnedPreparedStatement>>>,
@@ -191,6 +204,11 @@ fn send(channel: &str, change: Change) {
             ),
             "The thread key and the primary key must fit in one NOTIFY payload.",
         )
+    });
+    #[cfg(any(test, feature = "pg_test"))]
+    SENT.with(|sent| {
+        sent.borrow_mut()
+            .push((channel.to_owned(), payload.clone()))
     });
     // pg_notify queues the notification in this transaction; PostgreSQL delivers it at commit.
     // SAFETY: pg_notify takes two text datums, which these are.
