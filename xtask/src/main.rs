@@ -1,1 +1,53 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust. `setup` installs what is missing, `demo`
+//! brings up PostgreSQL with the extension and the broadcaster, `test` runs every test, `bench`
+//! measures.
+
+mod bench_trigger;
+mod cluster;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "threadcast's set-up, demo, tests and benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: PostgreSQL 15 and its headers, libclang, sudo, Chromium and its
+    /// driver, Node.js, and cargo-pgrx 0.18.0.
+    Setup,
+    /// Set up, start a throwaway PostgreSQL with the extension and demo data, and run the
+    /// broadcaster with its demo page until Ctrl-C.
+    Demo(demo::Args),
+    /// Set up, then run every test: the pg_tests, the black-box and browser tests, the widget's
+    /// client tests.
+    Test,
+    /// Benchmarks (not tests): they print a table to paste into docs/benchmarks.md.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// pgbench inserts with no trigger, a PL/pgSQL pg_notify trigger, contrib's tcn, and threadcast.
+    Trigger(bench_trigger::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo(args) => demo::run(args),
+        Task::Test => test::run(),
+        Task::Bench(Bench::Trigger(args)) => bench_trigger::run(args),
+    }
+}

@@ -1,0 +1,53 @@
+//! `cargo xtask test`: every test, in the order that makes a failure cheapest to read. CI runs
+//! exactly this.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::cmd;
+use crate::setup::{self, PG_CONFIG};
+
+pub fn run() -> Result<()> {
+    setup::run()?;
+    let repo = cmd::repo();
+    let pg_ext = repo.join("pg_ext");
+
+    // 1. The #[pg_test]s, inside a PostgreSQL that cargo-pgrx starts as `postgres`.
+    let pgdata = std::env::temp_dir().join("threadcast-pgrx-test-pgdata");
+    std::fs::create_dir_all(&pgdata)?;
+    cmd::run(
+        cmd::privileged("chown")
+            .arg("postgres:postgres")
+            .arg(&pgdata),
+    )?;
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(&pg_ext)
+            .args(["pgrx", "test", "pg15", "--runas", "postgres", "--pgdata"])
+            .arg(&pgdata),
+    )?;
+
+    // 2. The extension into Debian's PostgreSQL 15, for the black-box tests' own clusters.
+    let mut install = Command::new("cargo");
+    install
+        .current_dir(&pg_ext)
+        .args(["pgrx", "install", "--pg-config", PG_CONFIG]);
+    if !cmd::is_root() {
+        install.arg("--sudo");
+    }
+    cmd::run(&mut install)?;
+
+    // 3. The payload contract, the broadcaster, and the black-box and browser tests in tests/.
+    cmd::run(Command::new("cargo").current_dir(&repo).arg("test"))?;
+
+    // 4. The widget's client tests (Node's test runner; no browser).
+    let widget = repo.join("widget");
+    cmd::run(
+        Command::new("npm")
+            .current_dir(&widget)
+            .args(["ci", "--no-audit", "--no-fund"]),
+    )?;
+    cmd::run(Command::new("npm").current_dir(&widget).arg("test"))?;
+    Ok(())
+}
