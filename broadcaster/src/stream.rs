@@ -138,9 +138,7 @@ async fn stream_thread(
     let events = stream::unfold(feed, |mut feed| async move {
         feed.next().await.map(|frame| (frame, feed))
     });
-    let frames =
-        stream::once(std::future::ready(sse::retry_frame(state.config.retry))).chain(events);
-    let frames = KeepAlive::new(frames.boxed(), state.config.heartbeat)
+    let frames = KeepAlive::new(events.boxed(), state.config.heartbeat)
         // Open streams never end by themselves; shutdown ends them (axum#2673).
         .take_until(state.shutdown.clone().cancelled_owned());
     Ok(sse::response(frames))
@@ -171,6 +169,8 @@ impl Drop for Slot {
 enum Phase {
     /// Waiting for the thread's task to register the subscriber.
     Joining,
+    /// Sending the last `n` replies.
+    History(i32),
     /// Sending rows read from the table; `after` is where the next page starts, None when done.
     CatchUp {
         after: Option<i64>,
@@ -203,23 +203,22 @@ impl Feed {
             match self.phase {
                 Phase::Joining => {
                     let joined_at = self.subscription.joined().await?;
+                    tracing::debug!(joined_at, "joined");
                     self.phase = match self.start {
                         Start::Live => Phase::Live,
                         Start::After(n) => Phase::CatchUp { after: Some(n) },
-                        Start::History(n) => {
-                            let rows = self
-                                .read(fetch::latest(
-                                    &self.state.pool,
-                                    &self.state.source,
-                                    self.thread(),
-                                    n,
-                                ))
-                                .await?;
-                            self.pending.extend(rows.iter().map(|c| c.event()));
-                            Phase::Live
-                        }
+                        Start::History(n) => Phase::History(n),
                     };
-                    tracing::debug!(joined_at, "joined");
+                    // The first frame goes out only now, so that a client holding it knows that
+                    // every change committed from then on reaches it, even on a live-only stream.
+                    return Some(sse::retry_frame(self.state.config.retry));
+                }
+                Phase::History(n) => {
+                    let state = &self.state;
+                    let read = fetch::latest(&state.pool, &state.source, self.thread(), n);
+                    let rows = self.read(read).await?;
+                    self.pending.extend(rows.iter().map(|c| c.event()));
+                    self.phase = Phase::Live;
                 }
                 Phase::CatchUp { after: None } => self.phase = Phase::Live,
                 Phase::CatchUp { after: Some(after) } => {

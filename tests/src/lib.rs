@@ -1,1 +1,63 @@
-//! stub
+//! The black-box test harness: a real PostgreSQL cluster with the `threadcast` extension
+//! ([`Cluster`], [`TestDb`]), the real broadcaster served on a loopback port ([`TestServer`]), and
+//! a real HTTP client reading the SSE wire format ([`SseStream`]).
+//!
+//! ```no_run
+//! # async fn example() {
+//! use threadcast_tests::{TestDb, TestServer};
+//! let db = TestDb::new().await;
+//! let server = TestServer::start(&db).await;
+//! let thread = db.create_thread().await;
+//! let mut stream = server.open(thread).await;
+//! db.insert_reply(thread, "hello").await;
+//! assert_eq!(stream.next_event().await.content(), "hello");
+//! # }
+//! ```
+
+pub mod cluster;
+pub mod db;
+pub mod server;
+pub mod sse;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use cluster::Cluster;
+pub use db::TestDb;
+pub use server::TestServer;
+pub use sse::{SseEvent, SseItem, SseStream};
+
+/// How long [`eventually`] waits before failing.
+pub const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// Waits until `condition` holds, checking every 20 ms; panics naming `what` after
+/// [`EVENTUALLY`]. For conditions that cannot be awaited directly (metrics, readiness).
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {EVENTUALLY:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends the broadcaster's logs to the test output when `RUST_LOG` asks for them; silent otherwise.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// The seqs of `events`, for assertions about order.
+pub fn seqs(events: &[SseEvent]) -> Vec<i64> {
+    events.iter().map(SseEvent::seq).collect()
+}

@@ -1,0 +1,151 @@
+//! A test database: its own database in a cluster, with the extension and the feedback schema
+//! installed, a least-privilege role for the broadcaster, and helpers to write replies.
+
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::cluster::Cluster;
+
+/// The role the broadcaster connects as: it may read the replies and nothing more, as in
+/// production.
+pub const READER_ROLE: &str = "threadcast_reader";
+
+/// One database with the threadcast extension and `sql/schema.sql`.
+pub struct TestDb {
+    pub name: String,
+    /// Connection string for the superuser.
+    pub admin_url: String,
+    /// Connection string for [`READER_ROLE`], what the broadcaster gets.
+    pub reader_url: String,
+    /// A superuser connection for arranging and writing.
+    pub client: Client,
+}
+
+/// Connects and drives the connection in the background of the current runtime.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+impl TestDb {
+    /// A fresh database in the shared cluster.
+    pub async fn new() -> TestDb {
+        TestDb::in_cluster(Cluster::shared()).await
+    }
+
+    /// A fresh database in `cluster`.
+    pub async fn in_cluster(cluster: &Cluster) -> TestDb {
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let admin = connect(&cluster.url("postgres", "postgres")).await;
+        // CREATE DATABASE refuses to run in the implicit transaction of a multi-statement query.
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN CREATE ROLE {READER_ROLE} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            ))
+            .await
+            .expect("create the reader role");
+        let admin_url = cluster.url(&name, "postgres");
+        let client = connect(&admin_url).await;
+        let schema =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/schema.sql"))
+                .expect("read sql/schema.sql");
+        client
+            .batch_execute("CREATE EXTENSION threadcast")
+            .await
+            .expect("CREATE EXTENSION threadcast (is the extension installed? `cargo pgrx install` in pg_ext/)");
+        client
+            .batch_execute(&schema)
+            .await
+            .expect("run sql/schema.sql");
+        client
+            .batch_execute(&format!(
+                "GRANT SELECT ON public.feedback_replies TO {READER_ROLE}"
+            ))
+            .await
+            .expect("grant the reader role");
+        TestDb {
+            reader_url: cluster.url(&name, READER_ROLE),
+            name,
+            admin_url,
+            client,
+        }
+    }
+
+    /// A new feedback thread; returns its id (the thread key).
+    pub async fn create_thread(&self) -> Uuid {
+        let row = self
+            .client
+            .query_one(
+                "INSERT INTO feedback (title) VALUES ('a thread') RETURNING id",
+                &[],
+            )
+            .await
+            .expect("insert a feedback thread");
+        row.get(0)
+    }
+
+    /// Inserts one reply; returns its id.
+    pub async fn insert_reply(&self, thread: Uuid, content: &str) -> Uuid {
+        insert_reply(&self.client, thread, content).await
+    }
+
+    /// Changes a reply's content (it moves to a new seq).
+    pub async fn update_reply(&self, reply: Uuid, content: &str) {
+        self.client
+            .execute(
+                "UPDATE feedback_replies SET content = $2 WHERE id = $1",
+                &[&reply, &content],
+            )
+            .await
+            .expect("update a reply");
+    }
+
+    /// Deletes a reply.
+    pub async fn delete_reply(&self, reply: Uuid) {
+        self.client
+            .execute("DELETE FROM feedback_replies WHERE id = $1", &[&reply])
+            .await
+            .expect("delete a reply");
+    }
+
+    /// Terminates the broadcaster's LISTEN connection(s) to this database; returns how many.
+    pub async fn terminate_listener(&self) -> u64 {
+        let rows = self
+            .client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE application_name = $1 AND datname = current_database()",
+                &[&threadcast_broadcaster::APPLICATION_NAME],
+            )
+            .await
+            .expect("terminate the LISTEN backend");
+        rows.len() as u64
+    }
+
+    /// A new connection to this database (for concurrent writers).
+    pub async fn connect(&self) -> Client {
+        connect(&self.admin_url).await
+    }
+}
+
+/// Inserts one reply over `client`; returns its id.
+pub async fn insert_reply(client: &Client, thread: Uuid, content: &str) -> Uuid {
+    let row = client
+        .query_one(
+            "INSERT INTO feedback_replies (feedback_id, author_type, author_name, content)
+             VALUES ($1, 'agency', 'Ada', $2) RETURNING id",
+            &[&thread, &content],
+        )
+        .await
+        .expect("insert a reply");
+    row.get(0)
+}
