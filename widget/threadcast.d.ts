@@ -42,8 +42,14 @@ export interface SubscribeOptions {
   onChange?: (replies: Reply[]) => void
   /** The connection status changed. */
   onStatus?: (status: Status) => void
-  /** Replies the page already has (e.g. server-rendered): the stream resumes after the highest `thread_seq`. */
-  history?: Reply[]
+  /**
+   * What a first connect loads before going live: by default the whole thread (`lastEventId=0`);
+   * a number N asks for the last N replies (`history=N`); 0 for live changes only. Later
+   * reconnects always resume after the last seq held.
+   */
+  history?: number
+  /** Replies the page already has (e.g. server-rendered): the first connect resumes after the highest `thread_seq`. */
+  initial?: Reply[]
   /** EventSource constructor to use; defaults to `globalThis.EventSource`. */
   EventSource?: new (url: string) => EventSourceLike
   /** Reconnect backoff, in ms: doubles from `retryMin` (default 1000) up to `retryMax` (default 30000), jittered. */

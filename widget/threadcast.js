@@ -42,6 +42,7 @@ export function subscribe({
   onChange,
   onStatus,
   history,
+  initial,
   EventSource: ES = globalThis.EventSource,
   retryMin = 1000,
   retryMax = 30000,
@@ -76,7 +77,7 @@ export function subscribe({
     byId.set(r.id, r)
     return [r, prev]
   }
-  for (const row of history || []) {
+  for (const row of initial || []) {
     const [r] = put(row)
     if (r.thread_seq > lastSeq) lastSeq = r.thread_seq
   }
@@ -121,7 +122,10 @@ export function subscribe({
       return setStatus('unauthorized')
     }
     let url = `${trim(baseUrl)}${STREAM}?feedbackId=${encodeURIComponent(feedbackId)}&token=${encodeURIComponent(token)}`
-    if (lastSeq) url += `&lastEventId=${lastSeq}`
+    // Resume after the last seq held. Holding none yet, take the whole thread (every change
+    // after seq 0), or the last `history` replies, or (history: 0) live changes only.
+    if (lastSeq || history == null) url += `&lastEventId=${lastSeq}`
+    else if (history) url += `&history=${history}`
     const s = (es = new ES(url))
     s.onopen = () => {
       if (g !== gen) return

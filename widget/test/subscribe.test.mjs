@@ -85,19 +85,37 @@ function simulated(opts = {}) {
 const ids = (sub) => sub.replies().map((r) => r.id)
 const seqs = (sub) => sub.replies().map((r) => r.thread_seq)
 
-test('connects to the stream URL with feedbackId and token; no lastEventId on a first connect', async () => {
+test('connects to the stream URL with feedbackId and token, asking for the whole thread', async () => {
   const { ES, sub, log } = manual()
   await until(() => ES.last)
   const url = new URL(ES.last.url)
   assert.equal(url.origin + url.pathname, 'https://rt.example.com/api/widget/stream')
   assert.equal(url.searchParams.get('feedbackId'), THREAD)
   assert.equal(url.searchParams.get('token'), 'tok-1')
-  assert.equal(url.searchParams.has('lastEventId'), false)
+  assert.equal(url.searchParams.get('lastEventId'), '0')
+  assert.equal(url.searchParams.has('history'), false)
   assert.deepEqual(log.status, ['connecting'])
   ES.last.open()
   assert.deepEqual(log.status, ['connecting', 'live'])
   assert.equal(sub.status, 'live')
   sub.unsubscribe()
+})
+
+test('history: N asks for the last N replies, history: 0 for live changes only; resumes use lastEventId', async () => {
+  for (const [history, param] of [[20, 'history=20'], [0, null]]) {
+    const { ES, sub } = manual({ history })
+    await until(() => ES.last)
+    assert.equal(ES.last.params.has('lastEventId'), false)
+    if (param) assert.match(ES.last.url, new RegExp(`&${param}$`))
+    else assert.equal(ES.last.params.has('history'), false)
+    ES.last.open()
+    ES.last.send('reply', 9, row('a', 9))
+    ES.last.refuse()
+    await until(() => ES.instances.length === 2)
+    assert.equal(ES.last.params.get('lastEventId'), '9')
+    assert.equal(ES.last.params.has('history'), false)
+    sub.unsubscribe()
+  }
 })
 
 test('the token is URL-encoded in the query', async () => {
@@ -140,12 +158,12 @@ test('dedupes by id: a replayed reply is shown once', async () => {
   sub.unsubscribe()
 })
 
-test('orders by seq, whatever order the history came in', async () => {
-  const { ES, sub } = manual({ history: [row('c', 7), row('a', 2), row('b', 5)] })
+test('orders by seq, whatever order the initial replies came in', async () => {
+  const { ES, sub } = manual({ initial: [row('c', 7), row('a', 2), row('b', 5)] })
   assert.deepEqual(ids(sub), ['a', 'b', 'c'])
   assert.equal(sub.lastSeq, 7)
   await until(() => ES.last)
-  // With history, even the first connect resumes after it.
+  // With initial replies, even the first connect resumes after them.
   assert.equal(ES.last.params.get('lastEventId'), '7')
   ES.last.open()
   ES.last.send('reply', 6, row('x', 6)) // older than what we hold: ignored
