@@ -20,7 +20,15 @@ use threadcast_payload::{Omitted, Op, Payload, FORMAT_VERSION};
 use crate::report::{internal, raise};
 use crate::text::{Column, RawRow};
 
-const BUMP_SQL: &str = "INSERT INTO threadcast.counters AS c (source, thread, last_seq) \
+// The common case, a thread that has a counter, is a plain UPDATE: cheaper than the speculative
+// insertion of INSERT ... ON CONFLICT, which only the first change of a thread needs.
+const BUMP_SQL: &str =
+    "UPDATE threadcast.counters AS c SET last_seq = c.last_seq OPERATOR(pg_catalog.+) 1 \
+     WHERE c.source OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regclass \
+       AND c.thread OPERATOR(pg_catalog.=) $2 \
+     RETURNING c.last_seq";
+
+const FIRST_SQL: &str = "INSERT INTO threadcast.counters AS c (source, thread, last_seq) \
      VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, 1) \
      ON CONFLICT (source, thread) DO UPDATE SET last_seq = c.last_seq OPERATOR(pg_catalog.+) 1 \
      RETURNING c.last_seq";
@@ -31,6 +39,7 @@ const TOMBSTONE_SQL: &str = "INSERT INTO threadcast.tombstones (source, thread, 
 thread_local! {
     // Plans kept for the life of the backend: planning per row would cost more than the insert.
     static BUMP: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+    static FIRST: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
     static TOMBSTONE: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
@@ -73,16 +82,15 @@ fn run_kept<T: pgrx::FromDatum + IntoDatum>(
 
 /// Hands out the next number of `thread` in `source`, locking its counter row until commit.
 fn next_seq(source: pg_sys::Oid, thread: &str) -> i64 {
-    run_kept::<i64>(
-        &BUMP,
-        BUMP_SQL,
-        &[
-            PgOid::BuiltIn(PgBuiltInOids::OIDOID),
-            PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
-        ],
-        &[source.into(), thread.into()],
-    )
-    .expect("an upsert with RETURNING returns one row")
+    let types = [
+        PgOid::BuiltIn(PgBuiltInOids::OIDOID),
+        PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
+    ];
+    run_kept::<i64>(&BUMP, BUMP_SQL, &types, &[source.into(), thread.into()]).unwrap_or_else(|| {
+        // The thread's first change; ON CONFLICT settles a race with another first writer.
+        run_kept::<i64>(&FIRST, FIRST_SQL, &types, &[source.into(), thread.into()])
+            .expect("an upsert with RETURNING returns one row")
+    })
 }
 
 fn record_tombstone(source: pg_sys::Oid, thread: &str, seq: i64, id: &str) {
