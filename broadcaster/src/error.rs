@@ -47,7 +47,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(cause) = &self {
-            tracing::error!(error = %cause, "internal error answering a request");
+            tracing::error!(error = %chain(&**cause), "internal error answering a request");
         }
         let status = self.status();
         let body = Json(serde_json::json!({ "error": self.to_string() }));
@@ -64,6 +64,19 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// An error and its sources on one line (`db error: ERROR: terminating connection ...`):
+/// several drivers say little more than "db error" at the top.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

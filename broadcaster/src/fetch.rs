@@ -37,9 +37,9 @@ impl Change {
 /// A read that failed: no connection, or a query error.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("no database connection: {0}")]
+    #[error("no database connection")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("query failed: {0}")]
+    #[error("query failed")]
     Query(#[from] tokio_postgres::Error),
 }
 

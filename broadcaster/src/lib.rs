@@ -64,17 +64,17 @@ pub struct AppState {
 /// Why the broadcaster could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("DATABASE_URL is not a valid connection string: {0}")]
+    #[error("DATABASE_URL is not a valid connection string")]
     DatabaseUrl(#[source] tokio_postgres::Error),
     #[error("cannot create the database pool: {0}")]
     Pool(String),
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database")]
     Connect(#[source] deadpool_postgres::PoolError),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("allowed origin {0:?} is not a valid origin")]
     Origin(String),
-    #[error("serving failed: {0}")]
+    #[error("serving failed")]
     Serve(#[from] std::io::Error),
 }
 

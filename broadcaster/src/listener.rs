@@ -40,7 +40,7 @@ pub(crate) struct Listener {
 /// Why a LISTEN session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
-    #[error("{0}")]
+    #[error("{}", crate::error::chain(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("the server closed the connection")]
     Closed,
@@ -137,6 +137,7 @@ impl Listener {
 
     fn on_notification(&self, notification: &Notification) {
         self.metrics.notifications.increment(1);
+        tracing::trace!(payload = notification.payload(), "notification");
         if notification.channel() != self.source.channel {
             return;
         }

@@ -23,7 +23,7 @@ pub enum SourceError {
     NoTable(String),
     #[error("table {0} is not enabled for threadcast; run SELECT threadcast.enable('{0}')")]
     NotEnabled(String),
-    #[error("cannot read threadcast.sources (is the threadcast extension installed, and may this role read it?): {0}")]
+    #[error("cannot read threadcast.sources (is the threadcast extension installed, and may this role read it?)")]
     Query(#[from] tokio_postgres::Error),
 }
 

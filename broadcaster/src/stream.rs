@@ -272,7 +272,7 @@ impl Feed {
         match read.await {
             Ok(rows) => Some(rows),
             Err(error) => {
-                tracing::warn!(%error, "reading the table for a stream failed; ending it so the client resumes");
+                tracing::warn!(error = %crate::error::chain(&error), "reading the table for a stream failed; ending it so the client resumes");
                 None
             }
         }

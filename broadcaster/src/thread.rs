@@ -172,6 +172,7 @@ impl ThreadTask {
                 return false;
             };
             let full = page.len() >= PAGE_ROWS as usize;
+            tracing::debug!(after, ?until, rows = page.len(), "read changes from the table");
             for change in page {
                 if change.seq > self.last {
                     self.last = change.seq;
@@ -221,7 +222,7 @@ where
             Ok(value) => return Some(value),
             Err(error) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(%error, ?delay, "reading the table failed; retrying");
+                tracing::warn!(error = %crate::error::chain(&error), ?delay, "reading the table failed; retrying");
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}

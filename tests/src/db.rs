@@ -49,7 +49,7 @@ impl TestDb {
             .expect("create the test database");
         admin
             .batch_execute(&format!(
-                "DO $$ BEGIN CREATE ROLE {READER_ROLE} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+                "DO $$ BEGIN CREATE ROLE {READER_ROLE} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
             ))
             .await
             .expect("create the reader role");

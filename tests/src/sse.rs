@@ -67,10 +67,7 @@ impl SseParser {
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseItem> {
         self.buffer.extend_from_slice(bytes);
         let mut items = Vec::new();
-        loop {
-            let Some(end) = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r') else {
-                break;
-            };
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r') {
             // A lone CR at the end of the buffer may be the first half of CRLF: wait for more.
             if self.buffer[end] == b'\r' && end + 1 == self.buffer.len() {
                 break;

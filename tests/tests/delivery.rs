@@ -183,3 +183,37 @@ async fn history_sends_the_last_replies_before_live_ones() {
     assert_eq!(contents, ["old-4", "old-5", "new"]);
     assert_eq!(seqs(&events), [4, 5, 6]);
 }
+
+#[tokio::test]
+async fn a_keys_only_source_on_its_own_channel_still_delivers_whole_rows() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("SELECT threadcast.enable('public.feedback_replies', payload => 'keys', channel => 'replies')")
+        .await
+        .expect("re-enable the source as keys-only on its own channel");
+    let row = db
+        .client
+        .query_one("SELECT channel, payload FROM threadcast.sources", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("replies".into(), "keys".into())
+    );
+    let server = TestServer::start(&db).await;
+    let thread = db.create_thread().await;
+    let mut stream = server.open(thread).await;
+
+    let reply = db.insert_reply(thread, "read from the table").await;
+    let inserted = stream.next_event().await;
+    // Deleted only now: a row deleted before the broadcaster reads it is, rightly, only a delete.
+    db.delete_reply(reply).await;
+    let deleted = stream.next_event().await;
+
+    assert_eq!(
+        (inserted.event.as_str(), inserted.content()),
+        ("reply", "read from the table".to_owned())
+    );
+    assert_eq!(deleted.event, "delete");
+    assert_eq!((inserted.seq(), deleted.seq()), (1, 2));
+}
