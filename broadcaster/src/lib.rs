@@ -32,7 +32,8 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
 
 pub use crate::config::Config;
 pub use crate::error::ApiError;
@@ -84,7 +85,9 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(stream::router())
         .merge(ops::router())
-        .layer(TraceLayer::new_for_http())
+        // 503s from /readyz during an outage and refused streams are expected answers, not
+        // failures to shout about; real internal errors are logged where they happen.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
         .layer(cors)
         .with_state(state)
 }

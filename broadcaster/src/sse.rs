@@ -66,7 +66,7 @@ pub fn retry_frame(retry: Duration) -> Bytes {
 }
 
 /// The comment sent on a silent stream so that proxies and browsers keep it open.
-pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
+pub const HEARTBEAT: &[u8] = b": keep-alive\n\n";
 
 /// Wraps a stream of frames so that a heartbeat comment goes out after `every` of silence.
 pub struct KeepAlive {

@@ -172,7 +172,12 @@ impl ThreadTask {
                 return false;
             };
             let full = page.len() >= PAGE_ROWS as usize;
-            tracing::debug!(after, ?until, rows = page.len(), "read changes from the table");
+            tracing::debug!(
+                after,
+                ?until,
+                rows = page.len(),
+                "read changes from the table"
+            );
             for change in page {
                 if change.seq > self.last {
                     self.last = change.seq;
