@@ -106,8 +106,9 @@ impl SecretArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// The database with the threadcast extension (a libpq URL or key=value string).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    // Optional in type only: clap requires it, except under a subcommand such as `token`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, required = true)]
+    pub database_url: Option<String>,
     /// The address to listen on.
     #[arg(long, env = "THREADCAST_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -139,7 +140,8 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// The library configuration these flags describe; reads the secret file if one was given.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let mut config = Config::new(self.database_url, self.secret.resolve()?.0);
+        let database_url = self.database_url.ok_or(ConfigError::MissingDatabaseUrl)?;
+        let mut config = Config::new(database_url, self.secret.resolve()?.0);
         config.source = self.source;
         config.heartbeat = Duration::from_secs(self.heartbeat_secs);
         config.allowed_origins = self
@@ -165,4 +167,6 @@ pub enum ConfigError {
     },
     #[error("the JWT secret is empty")]
     EmptySecret,
+    #[error("DATABASE_URL is required")]
+    MissingDatabaseUrl,
 }

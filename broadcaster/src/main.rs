@@ -22,7 +22,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    serve: Option<ServeArgs>,
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -48,22 +48,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match (cli.command, cli.serve) {
-        (
-            Some(Command::Token {
-                feedback_id,
-                ttl,
-                role,
-                secret,
-            }),
-            _,
-        ) => {
+    match cli.command {
+        Some(Command::Token {
+            feedback_id,
+            ttl,
+            role,
+            secret,
+        }) => {
             let secret = secret.resolve().context("reading the JWT secret")?;
             println!("{}", Keys::new(&secret.0).mint(feedback_id, ttl, role));
             Ok(())
         }
-        (None, Some(serve)) => serve_until_signal(serve),
-        (None, None) => unreachable!("clap requires the serve flags without a subcommand"),
+        None => serve_until_signal(cli.serve),
     }
 }
 
