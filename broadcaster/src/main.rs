@@ -136,3 +136,58 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
         .map(Duration::from_secs)
         .ok_or_else(|| "duration too long".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn ttls_parse_with_their_units() {
+        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+
+    // One test for everything that reads the environment, so that no other test races it.
+    #[test]
+    fn serving_and_token_take_their_settings_from_flags_or_the_environment() {
+        let cli =
+            Cli::try_parse_from(["b", "--database-url", "host=db", "--jwt-secret", "s"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.database_url.as_deref(), Some("host=db"));
+
+        let cli = Cli::try_parse_from([
+            "b",
+            "token",
+            "--feedback-id",
+            &Uuid::nil().to_string(),
+            "--jwt-secret",
+            "s",
+        ]);
+        assert!(
+            matches!(cli.unwrap().command, Some(Command::Token { .. })),
+            "token needs no DATABASE_URL"
+        );
+
+        std::env::set_var("DATABASE_URL", "host=from-env");
+        std::env::set_var("THREADCAST_JWT_SECRET", "from-env");
+        std::env::set_var("THREADCAST_HEARTBEAT_SECS", "3");
+        let cli =
+            Cli::try_parse_from(["b"]).expect("every serve setting may come from the environment");
+        let config = cli.serve.into_config().unwrap();
+        assert_eq!(
+            (config.database_url.as_str(), config.heartbeat),
+            ("host=from-env", Duration::from_secs(3))
+        );
+        assert_eq!(config.jwt_secret.0, b"from-env");
+    }
+}
