@@ -17,7 +17,9 @@ use crate::AppState;
 pub const TOKEN_COOKIE: &str = "threadcast_token";
 
 /// Who the bearer is; an application's backend says so when it mints the token.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The person who left the feedback (the widget's user).
@@ -25,6 +27,16 @@ pub enum Role {
     EndUser,
     /// Someone answering on behalf of the agency.
     Agency,
+}
+
+impl Role {
+    /// The name tokens and the `author_type` column use: `end_user` or `agency`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::EndUser => "end_user",
+            Role::Agency => "agency",
+        }
+    }
 }
 
 /// The claims of a widget token.

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::rate::{Rate, RateSpec};
+
 /// Everything the library needs to serve. Tests build one with [`Config::new`] and adjust fields;
 /// the binary builds one from [`ServeArgs`].
 #[derive(Clone, Debug)]
@@ -30,6 +32,12 @@ pub struct Config {
     pub fetch_pool_size: usize,
     /// The longest wait between two attempts to re-establish the LISTEN connection.
     pub max_backoff: Duration,
+    /// The longest reply `POST /api/widget/replies` accepts, in characters.
+    pub max_reply_chars: usize,
+    /// How fast one thread's side (its end user, or its agency) may post replies; None: no limit.
+    pub reply_rate: Option<Rate>,
+    /// Serve the demo page and its token endpoint, which signs tokens for anyone who asks.
+    pub demo: bool,
 }
 
 impl Config {
@@ -46,6 +54,9 @@ impl Config {
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
             fetch_pool_size: DEFAULT_FETCH_POOL_SIZE,
             max_backoff: Duration::from_secs(5),
+            max_reply_chars: DEFAULT_MAX_REPLY_CHARS,
+            reply_rate: Some(Rate::new(DEFAULT_REPLY_PER_SECOND, DEFAULT_REPLY_BURST)),
+            demo: false,
         }
     }
 }
@@ -55,6 +66,10 @@ const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
 const DEFAULT_FETCH_POOL_SIZE: usize = 4;
+const DEFAULT_MAX_REPLY_CHARS: usize = 10_000;
+const DEFAULT_REPLY_RATE: &str = "5/s";
+const DEFAULT_REPLY_PER_SECOND: f64 = 5.0;
+const DEFAULT_REPLY_BURST: u32 = 10;
 
 /// A secret that never shows up in `Debug` output or logs.
 #[derive(Clone)]
@@ -135,6 +150,21 @@ pub struct ServeArgs {
     #[arg(long, env = "THREADCAST_FETCH_POOL_SIZE", default_value_t = DEFAULT_FETCH_POOL_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub fetch_pool_size: usize,
+    /// The longest reply POST /api/widget/replies accepts, in characters (longer ones get 413).
+    #[arg(long, env = "THREADCAST_MAX_REPLY_CHARS", default_value_t = DEFAULT_MAX_REPLY_CHARS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_reply_chars: usize,
+    /// How fast one thread's end user, or its agency, may post replies: N/s, N/m, N/h, or off.
+    #[arg(long, env = "THREADCAST_REPLY_RATE", default_value = DEFAULT_REPLY_RATE)]
+    pub reply_rate: RateSpec,
+    /// Replies that may be posted back to back before --reply-rate applies.
+    #[arg(long, env = "THREADCAST_REPLY_BURST", default_value_t = DEFAULT_REPLY_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub reply_burst: u32,
+    /// Serve the demo page at /demo/ with a token endpoint that signs tokens for anyone: never in
+    /// production.
+    #[arg(long, env = "THREADCAST_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo: bool,
 }
 
 impl ServeArgs {
@@ -153,6 +183,12 @@ impl ServeArgs {
         config.max_connections = self.max_connections;
         config.subscriber_buffer = self.subscriber_buffer;
         config.fetch_pool_size = self.fetch_pool_size;
+        config.max_reply_chars = self.max_reply_chars;
+        config.reply_rate = match self.reply_rate {
+            RateSpec::Off => None,
+            RateSpec::PerSecond(n) => Some(Rate::new(n, self.reply_burst)),
+        };
+        config.demo = self.demo;
         Ok(config)
     }
 }

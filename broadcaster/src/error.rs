@@ -18,6 +18,24 @@ pub enum ApiError {
     /// A valid token that does not grant what was asked.
     #[error("{0}")]
     Forbidden(String),
+    /// What was asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts what is already stored (an id reused for something else).
+    #[error("{0}")]
+    Conflict(String),
+    /// The body, or a part of it, is larger than allowed.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The request is well-formed but its content is not acceptable (for example empty).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The client sends faster than allowed; it may try again after `retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The server cannot take this request now (capacity, or the database is unreachable).
     #[error("{0}")]
     Unavailable(String),
@@ -38,6 +56,11 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -53,12 +76,17 @@ impl IntoResponse for ApiError {
         let body = Json(serde_json::json!({ "error": self.to_string() }));
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        match self {
+        match &self {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }
@@ -96,6 +124,23 @@ mod tests {
             (ApiError::BadRequest("x".into()), StatusCode::BAD_REQUEST),
             (ApiError::Unauthorized("x".into()), StatusCode::UNAUTHORIZED),
             (ApiError::Forbidden("x".into()), StatusCode::FORBIDDEN),
+            (ApiError::NotFound("x".into()), StatusCode::NOT_FOUND),
+            (ApiError::Conflict("x".into()), StatusCode::CONFLICT),
+            (
+                ApiError::PayloadTooLarge("x".into()),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                ApiError::Unprocessable("x".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                ApiError::TooManyRequests {
+                    message: "x".into(),
+                    retry_after_secs: 1,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
             (
                 ApiError::Unavailable("x".into()),
                 StatusCode::SERVICE_UNAVAILABLE,

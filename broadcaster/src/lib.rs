@@ -8,16 +8,20 @@
 pub mod auth;
 mod backoff;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod fetch;
 pub mod hub;
 mod listener;
 pub mod metrics;
 pub mod ops;
+pub mod rate;
+pub mod replies;
 pub mod source;
 pub mod sse;
 pub mod stream;
 mod thread;
+pub mod widget;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -43,6 +47,7 @@ use crate::auth::Keys;
 use crate::hub::{Hub, ThreadContext};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::replies::Replies;
 use crate::source::{Source, SourceError};
 
 /// Everything a handler may need; cheap to clone (every field is shared).
@@ -56,6 +61,8 @@ pub struct AppState {
     pub hub: Hub,
     pub keys: Arc<Keys>,
     pub metrics: Metrics,
+    /// Limits and statements of `POST /api/widget/replies`.
+    pub replies: Arc<Replies>,
     /// Fires on shutdown; long-lived responses end on it.
     pub shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
@@ -82,9 +89,15 @@ pub enum StartError {
 /// The whole HTTP API over `state`. Features add their routes with `Router::merge`.
 pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.allowed_origins);
-    Router::new()
+    let mut router = Router::new()
         .merge(stream::router())
-        .merge(ops::router())
+        .merge(replies::router(&state.config))
+        .merge(widget::router())
+        .merge(ops::router());
+    if state.config.demo {
+        router = router.merge(demo::router());
+    }
+    router
         // 503s from /readyz during an outage and refused streams are expected answers, not
         // failures to shout about; real internal errors are logged where they happen.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
@@ -155,6 +168,12 @@ impl Broadcaster {
             Arc::new(Source::lookup(&**client, &config.source).await?)
         };
         tracing::info!(source = %source.name, channel = %source.channel, keys_only = source.keys_only, "serving source");
+        if config.demo {
+            tracing::warn!(
+                "DEMO MODE IS ON: /demo/token signs a token for any thread to anyone who asks. \
+                 Never run --demo (THREADCAST_DEMO) in production."
+            );
+        }
 
         let tasks = TaskTracker::new();
         let metrics = Metrics::new();
@@ -187,6 +206,7 @@ impl Broadcaster {
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),
             keys: Arc::new(Keys::new(&config.jwt_secret.0)),
+            replies: Arc::new(Replies::new(&config, &source)),
             config: Arc::new(config),
             pool,
             source,

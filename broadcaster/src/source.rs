@@ -14,6 +14,10 @@ pub struct Source {
     pub channel: String,
     /// Whether notifications never carry rows (`payload => 'keys'`).
     pub keys_only: bool,
+    /// The thread column, quoted for SQL.
+    pub thread_column: String,
+    /// The primary key column, quoted for SQL.
+    pub id_column: String,
 }
 
 /// Why the configured source cannot be served.
@@ -38,7 +42,8 @@ impl Source {
         let row = client
             .query_opt(
                 "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
-                        s.channel, s.payload
+                        s.channel, s.payload,
+                        pg_catalog.quote_ident(s.thread_column), pg_catalog.quote_ident(s.id_column)
                    FROM threadcast.sources s
                    JOIN pg_catalog.pg_class c ON c.oid = s.source
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -52,6 +57,8 @@ impl Source {
             name: row.get(0),
             channel: row.get(1),
             keys_only: row.get::<_, String>(2) == "keys",
+            thread_column: row.get(3),
+            id_column: row.get(4),
         })
     }
 }

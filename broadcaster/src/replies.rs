@@ -1,0 +1,430 @@
+//! `POST /api/widget/replies`: the widget's way to answer in its thread. The token says which
+//! thread and as whom (`role`); the body is `{"content", "author_name", "client_id"}`.
+//!
+//! The request is idempotent on `client_id`, which becomes the row's id: a plain INSERT, and on a
+//! primary-key violation the row already stored is answered (200) instead of a new one (201).
+//! `INSERT ... ON CONFLICT DO NOTHING` would not do: the extension's BEFORE trigger numbers a
+//! row before the conflict is found, so a skipped row would leave a hole in the thread's
+//! sequence. A failed INSERT rolls its number back with it.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use deadpool_postgres::Pool;
+use serde::Deserialize;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::auth::{Authenticated, Role};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::rate::RateLimiter;
+use crate::source::Source;
+use crate::AppState;
+
+/// The longest `author_name` accepted, in characters.
+pub const MAX_AUTHOR_NAME_CHARS: usize = 200;
+
+/// The reply route, with a body limit that fits the longest reply allowed.
+pub fn router(config: &Config) -> Router<AppState> {
+    Router::new()
+        .route("/api/widget/replies", post(post_reply))
+        .layer(DefaultBodyLimit::max(body_limit(config.max_reply_chars)))
+}
+
+/// The largest body read for a reply of `max_chars` characters: room for every character as a
+/// JSON escaped surrogate pair (12 bytes), plus the other fields. Larger bodies are refused with
+/// 413 before they are read in full.
+pub fn body_limit(max_chars: usize) -> usize {
+    max_chars.saturating_mul(12).saturating_add(16 * 1024)
+}
+
+/// What posting replies needs: the limits, the rate limiter, and the statements for the source.
+pub struct Replies {
+    max_chars: usize,
+    /// Keyed by thread and role: every token of one thread's end user (or of its agency) shares
+    /// one bucket, so minting fresh tokens does not buy a faster rate.
+    limiter: Option<RateLimiter<(Uuid, Role)>>,
+    insert_sql: String,
+    select_sql: String,
+}
+
+impl Replies {
+    /// The reply settings of `config` for `source`.
+    pub fn new(config: &Config, source: &Source) -> Self {
+        let (table, id, thread) = (&source.name, &source.id_column, &source.thread_column);
+        Replies {
+            max_chars: config.max_reply_chars,
+            limiter: config.reply_rate.map(RateLimiter::new),
+            // `$2::uuid` stores into a uuid or a text thread column alike.
+            insert_sql: format!(
+                "INSERT INTO {table} AS t ({id}, {thread}, author_type, author_name, content) \
+                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text) \
+                 RETURNING pg_catalog.row_to_json(t)::text"
+            ),
+            select_sql: format!(
+                "SELECT pg_catalog.row_to_json(t)::text, t.{thread}::text, t.author_type::text, \
+                        t.author_name::text, t.content::text \
+                   FROM {table} t WHERE t.{id} = $1::uuid"
+            ),
+        }
+    }
+}
+
+/// A reply as the client sent it. `feedback_id` is optional; when given it must be the token's.
+#[derive(Deserialize)]
+struct Body {
+    content: String,
+    author_name: String,
+    client_id: String,
+    feedback_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PostQuery {
+    feedback_id: Option<String>,
+}
+
+/// A validated reply, ready to store.
+#[derive(Debug, PartialEq, Eq)]
+struct NewReply {
+    id: Uuid,
+    thread: Uuid,
+    role: Role,
+    author_name: String,
+    content: String,
+}
+
+#[tracing::instrument(skip_all, fields(thread = %claims.feedback_id, role = claims.role.as_str()))]
+async fn post_reply(
+    State(state): State<AppState>,
+    Authenticated(claims): Authenticated,
+    query: Result<Query<PostQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::BadRequest(format!("malformed query string: {}", e.body_text())))?;
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
+            "the body is larger than {} bytes",
+            body_limit(state.config.max_reply_chars)
+        )),
+        _ => ApiError::BadRequest(format!("cannot read the body: {}", rejection.body_text())),
+    })?;
+    let replies = &state.replies;
+    let reply = validate(
+        &body,
+        query.feedback_id.as_deref(),
+        claims.feedback_id,
+        claims.role,
+        replies.max_chars,
+    )?;
+    if let Some(limiter) = &replies.limiter {
+        limiter
+            .check((reply.thread, reply.role))
+            .map_err(|wait| ApiError::TooManyRequests {
+                message: "too many replies; slow down".into(),
+                retry_after_secs: retry_after(wait),
+            })?;
+    }
+    let (status, row) = match store(&state.pool, replies, &reply).await? {
+        Stored::Created(row) => (StatusCode::CREATED, row),
+        Stored::Existing(row) => (StatusCode::OK, row),
+    };
+    tracing::debug!(id = %reply.id, status = status.as_u16(), "reply posted");
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], row).into_response())
+}
+
+/// Checks everything that needs no database: the body's shape (400), the thread (403), and the
+/// content (413, 422).
+fn validate(
+    body: &[u8],
+    query_thread: Option<&str>,
+    thread: Uuid,
+    role: Role,
+    max_chars: usize,
+) -> Result<NewReply, ApiError> {
+    let Body {
+        content,
+        author_name,
+        client_id,
+        feedback_id,
+    } = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a valid reply: {e}")))?;
+    let id = Uuid::try_parse(&client_id)
+        .map_err(|_| ApiError::BadRequest("client_id must be a UUID".into()))?;
+    for named in [query_thread, feedback_id.as_deref()].into_iter().flatten() {
+        let named = Uuid::try_parse(named)
+            .map_err(|_| ApiError::BadRequest("feedbackId must be a UUID".into()))?;
+        if named != thread {
+            return Err(ApiError::Forbidden(
+                "this token is for another thread".into(),
+            ));
+        }
+    }
+    if content.chars().count() > max_chars {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "content is longer than {max_chars} characters"
+        )));
+    }
+    if content.trim().is_empty() {
+        return Err(ApiError::Unprocessable("content is empty".into()));
+    }
+    if author_name.trim().is_empty() {
+        return Err(ApiError::Unprocessable("author_name is empty".into()));
+    }
+    if author_name.chars().count() > MAX_AUTHOR_NAME_CHARS {
+        return Err(ApiError::Unprocessable(format!(
+            "author_name is longer than {MAX_AUTHOR_NAME_CHARS} characters"
+        )));
+    }
+    // PostgreSQL's text cannot hold U+0000; refusing it here keeps it from becoming a 500.
+    if content.contains('\0') || author_name.contains('\0') {
+        return Err(ApiError::Unprocessable(
+            "content and author_name must not contain U+0000".into(),
+        ));
+    }
+    Ok(NewReply {
+        id,
+        thread,
+        role,
+        author_name,
+        content,
+    })
+}
+
+/// The stored row, as JSON (`row_to_json`, the same shape the stream sends).
+enum Stored {
+    /// Inserted now.
+    Created(String),
+    /// Stored by an earlier request with the same `client_id`.
+    Existing(String),
+}
+
+/// Inserts `reply`; on a repeat of its id, answers the row stored before (or 409 if that row is
+/// not this reply).
+async fn store(pool: &Pool, replies: &Replies, reply: &NewReply) -> Result<Stored, ApiError> {
+    let client = pool.get().await.map_err(|e| {
+        tracing::warn!(error = %crate::error::chain(&e), "no database connection for a reply");
+        ApiError::Unavailable("the database is unavailable; try again".into())
+    })?;
+    let statement = client
+        .prepare_cached(&replies.insert_sql)
+        .await
+        .map_err(database_error)?;
+    let inserted = client
+        .query_one(
+            &statement,
+            &[
+                &reply.id,
+                &reply.thread,
+                &reply.role.as_str(),
+                &reply.author_name,
+                &reply.content,
+            ],
+        )
+        .await;
+    let error = match inserted {
+        Ok(row) => return Ok(Stored::Created(row.get(0))),
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => error,
+        Err(error) => return Err(database_error(error)),
+    };
+    // Another request stored this id first (perhaps this very request, retried after its answer
+    // was lost); its INSERT has committed, or ours would still be waiting on the key.
+    let statement = client
+        .prepare_cached(&replies.select_sql)
+        .await
+        .map_err(database_error)?;
+    let Some(row) = client
+        .query_opt(&statement, &[&reply.id])
+        .await
+        .map_err(database_error)?
+    else {
+        // Not the primary key, then: a unique index of the table's own.
+        return Err(database_error(error));
+    };
+    let existing_thread: Option<String> = row.get(1);
+    if existing_thread
+        .as_deref()
+        .and_then(|t| Uuid::try_parse(t).ok())
+        != Some(reply.thread)
+    {
+        return Err(ApiError::Conflict(
+            "client_id is already the id of a reply in another thread".into(),
+        ));
+    }
+    let same = row.get::<_, Option<&str>>(2) == Some(reply.role.as_str())
+        && row.get::<_, Option<&str>>(3) == Some(reply.author_name.as_str())
+        && row.get::<_, Option<&str>>(4) == Some(reply.content.as_str());
+    if !same {
+        return Err(ApiError::Conflict(
+            "client_id is already the id of a different reply".into(),
+        ));
+    }
+    Ok(Stored::Existing(row.get(0)))
+}
+
+/// Maps a failed statement: what the client's data caused is a 4xx, a lost connection is a 503,
+/// anything else is ours (500, logged).
+fn database_error(error: tokio_postgres::Error) -> ApiError {
+    let Some(db) = error.as_db_error() else {
+        tracing::warn!(error = %crate::error::chain(&error), "a reply's statement failed");
+        return ApiError::Unavailable("the database is unavailable; try again".into());
+    };
+    let code = db.code();
+    if code == &SqlState::FOREIGN_KEY_VIOLATION {
+        return ApiError::NotFound("the token's thread does not exist".into());
+    }
+    if code == &SqlState::CHECK_VIOLATION
+        || code == &SqlState::NOT_NULL_VIOLATION
+        || code.code().starts_with("22")
+    {
+        tracing::info!(error = %db, "the table refused a reply");
+        return ApiError::Unprocessable("the reply does not fit the table's constraints".into());
+    }
+    if code == &SqlState::INSUFFICIENT_PRIVILEGE {
+        tracing::error!(error = %db, "the broadcaster's role may not write the source table: GRANT INSERT, SELECT on it");
+    }
+    if code.code().starts_with("57") || code.code().starts_with("08") {
+        tracing::warn!(error = %db, "the database went away while storing a reply");
+        return ApiError::Unavailable("the database is unavailable; try again".into());
+    }
+    ApiError::internal(error)
+}
+
+/// The delay to answer in `Retry-After`, whole seconds, at least one.
+pub fn retry_after(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREAD: &str = "6f1c2b8e-8a7b-4d3c-9a57-0d3f8e1e2a10";
+    const OTHER: &str = "0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e01";
+    const ID: &str = "1d6b2d1e-4c4e-4f7a-9c43-0c1b2d3e4f50";
+
+    fn check(body: &str, query_thread: Option<&str>, max_chars: usize) -> Result<NewReply, u16> {
+        validate(
+            body.as_bytes(),
+            query_thread,
+            Uuid::parse_str(THREAD).unwrap(),
+            Role::Agency,
+            max_chars,
+        )
+        .map_err(|e| e.status().as_u16())
+    }
+
+    fn body(content: &str) -> String {
+        serde_json::json!({ "content": content, "author_name": "Ada", "client_id": ID }).to_string()
+    }
+
+    #[test]
+    fn a_good_reply_takes_the_tokens_thread_and_role() {
+        let reply = check(&body("hi"), None, 10).unwrap();
+        assert_eq!(
+            reply,
+            NewReply {
+                id: Uuid::parse_str(ID).unwrap(),
+                thread: Uuid::parse_str(THREAD).unwrap(),
+                role: Role::Agency,
+                author_name: "Ada".into(),
+                content: "hi".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn each_client_mistake_has_its_status() {
+        let long_name = serde_json::json!({
+            "content": "x", "author_name": "n".repeat(MAX_AUTHOR_NAME_CHARS + 1), "client_id": ID
+        })
+        .to_string();
+        let with_thread = |t: &str| {
+            serde_json::json!({ "content": "x", "author_name": "A", "client_id": ID, "feedback_id": t })
+                .to_string()
+        };
+        let cases: Vec<(&str, String, Option<String>, u16)> = vec![
+            ("not JSON", "{".into(), None, 400),
+            ("an array", "[]".into(), None, 400),
+            ("no body", String::new(), None, 400),
+            (
+                "no content",
+                r#"{"author_name":"A","client_id":"x"}"#.into(),
+                None,
+                400,
+            ),
+            (
+                "content not a string",
+                format!(r#"{{"content":5,"author_name":"A","client_id":"{ID}"}}"#),
+                None,
+                400,
+            ),
+            (
+                "no author_name",
+                format!(r#"{{"content":"x","client_id":"{ID}"}}"#),
+                None,
+                400,
+            ),
+            (
+                "no client_id",
+                r#"{"content":"x","author_name":"A"}"#.into(),
+                None,
+                400,
+            ),
+            (
+                "client_id not a uuid",
+                r#"{"content":"x","author_name":"A","client_id":"42"}"#.into(),
+                None,
+                400,
+            ),
+            ("feedbackId not a uuid", body("x"), Some("nope".into()), 400),
+            (
+                "another thread in the query",
+                body("x"),
+                Some(OTHER.into()),
+                403,
+            ),
+            ("another thread in the body", with_thread(OTHER), None, 403),
+            (
+                "the token's thread named",
+                with_thread(THREAD),
+                Some(THREAD.into()),
+                0,
+            ),
+            ("11 characters", body(&"é".repeat(11)), None, 413),
+            ("10 characters", body(&"é".repeat(10)), None, 0),
+            ("empty content", body(""), None, 422),
+            ("blank content", body(" \n\t "), None, 422),
+            ("NUL in content", body("a\0b"), None, 422),
+            ("long author_name", long_name, None, 422),
+        ];
+        for (name, body, query, expected) in cases {
+            let got = check(&body, query.as_deref(), 10).err().unwrap_or(0);
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after(Duration::from_millis(1500)), 2);
+    }
+
+    #[test]
+    fn the_body_limit_fits_the_longest_reply_escaped() {
+        let content = "\u{1F600}".repeat(100);
+        let escaped = serde_json::json!({ "content": content }).to_string();
+        assert!(escaped.len() < body_limit(100));
+        let worst = "\\ud83d\\ude00".repeat(100);
+        assert!(worst.len() + 1024 < body_limit(100));
+    }
+}
