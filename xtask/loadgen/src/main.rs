@@ -1,0 +1,116 @@
+//! `loadgen`: the load-generating client of `cargo xtask bench stream` and `cargo xtask soak`, a
+//! process of its own next to the broadcaster. It opens streams over raw HTTP/1.1 from loopback
+//! addresses, writes replies through PostgreSQL, reads the broadcaster's memory and CPU from
+//! /proc, and prints its findings as one JSON object on stdout (progress goes to stderr).
+
+mod bench;
+mod fleet;
+mod procfs;
+mod soak;
+mod sse_client;
+mod stats;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::fleet::Target;
+
+#[derive(Parser)]
+#[command(about = "threadcast's load generator (run by cargo xtask bench stream / soak)")]
+struct Cli {
+    /// The broadcaster's address (loopback only).
+    #[arg(long)]
+    addr: SocketAddr,
+    /// The broadcaster's process id, for its memory and CPU time.
+    #[arg(long)]
+    pid: u32,
+    /// The database the broadcaster serves, for the writers (a superuser URL).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// The broadcaster's token secret.
+    #[arg(long, env = "THREADCAST_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: String,
+    #[command(subcommand)]
+    phase: Phase,
+}
+
+#[derive(Subcommand)]
+enum Phase {
+    /// Commit-to-receive latency, case by case.
+    Latency {
+        /// Cases as THREADSxSUBSCRIBERS.
+        #[arg(long, value_delimiter = ',', default_value = "1x1,1x100,1x1000,1000x1")]
+        cases: Vec<bench::Case>,
+        /// Events committed per case.
+        #[arg(long, default_value_t = 300)]
+        events: u32,
+        /// Pause between one event's last receipt and the next commit, in milliseconds.
+        #[arg(long, default_value_t = 5)]
+        pause_ms: u64,
+    },
+    /// RSS of the broadcaster with idle streams, against none.
+    Capacity {
+        #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
+        counts: Vec<usize>,
+        /// Seconds to let things settle before each measurement.
+        #[arg(long, default_value_t = 3)]
+        settle_secs: u64,
+    },
+    /// Events delivered per second at saturation and the broadcaster's CPU time.
+    Fanout {
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: u32,
+        /// Inserts per second of the first step; each next step doubles it.
+        #[arg(long, default_value_t = 50.0)]
+        first_rate: f64,
+        #[arg(long, default_value_t = 5)]
+        step_secs: u64,
+    },
+    /// Streams, writers, disconnects and LISTEN kills for a while; then exactly-once checks.
+    Soak(soak::Args),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let target = Arc::new(Target::new(cli.addr, cli.jwt_secret.as_bytes())?);
+    let db = cli.database_url.as_str();
+    let result = match cli.phase {
+        Phase::Latency {
+            cases,
+            events,
+            pause_ms,
+        } => bench::latency(target, db, &cases, events, Duration::from_millis(pause_ms)).await?,
+        Phase::Capacity {
+            counts,
+            settle_secs,
+        } => bench::capacity(target, cli.pid, &counts, Duration::from_secs(settle_secs)).await?,
+        Phase::Fanout {
+            threads,
+            subscribers,
+            first_rate,
+            step_secs,
+        } => {
+            bench::fanout(
+                target,
+                db,
+                cli.pid,
+                threads,
+                subscribers,
+                first_rate,
+                Duration::from_secs(step_secs),
+            )
+            .await?
+        }
+        Phase::Soak(args) => soak::run(target, db, cli.pid, args).await?,
+    };
+    println!("{result}");
+    Ok(())
+}
