@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::cluster::Cluster;
 
-/// The role the broadcaster connects as: it may read the replies and nothing more, as in
-/// production.
+/// The role the broadcaster connects as: it may read and insert replies (`POST
+/// /api/widget/replies`) and nothing more, as in production.
 pub const READER_ROLE: &str = "threadcast_reader";
 
 /// One database with the threadcast extension and `sql/schema.sql`.
@@ -68,7 +68,7 @@ impl TestDb {
             .expect("run sql/schema.sql");
         client
             .batch_execute(&format!(
-                "GRANT SELECT ON public.feedback_replies TO {READER_ROLE}"
+                "GRANT SELECT, INSERT ON public.feedback_replies TO {READER_ROLE}"
             ))
             .await
             .expect("grant the reader role");
@@ -117,6 +117,20 @@ impl TestDb {
             .expect("delete a reply");
     }
 
+    /// The last seq handed out in `thread` (0 before its first change).
+    pub async fn current_seq(&self, thread: Uuid) -> i64 {
+        // A connection of its own: `client` may have died with a restarted server.
+        connect(&self.admin_url)
+            .await
+            .query_one(
+                "SELECT threadcast.current_seq('public.feedback_replies', $1::uuid::text)",
+                &[&thread],
+            )
+            .await
+            .expect("read threadcast.current_seq")
+            .get(0)
+    }
+
     /// Terminates the broadcaster's LISTEN connection(s) to this database; returns how many.
     pub async fn terminate_listener(&self) -> u64 {
         let rows = self
@@ -146,6 +160,6 @@ pub async fn insert_reply(client: &Client, thread: Uuid, content: &str) -> Uuid 
             &[&thread, &content],
         )
         .await
-        .expect("insert a reply");
+        .unwrap_or_else(|e| panic!("insert a reply: {e:?}"));
     row.get(0)
 }

@@ -1,6 +1,8 @@
 //! The black-box test harness: a real PostgreSQL cluster with the `threadcast` extension
 //! ([`Cluster`], [`TestDb`]), the real broadcaster served on a loopback port ([`TestServer`]), and
-//! a real HTTP client reading the SSE wire format ([`SseStream`]).
+//! a real HTTP client reading the SSE wire format ([`SseStream`]), a client that reconnects like
+//! EventSource ([`Subscriber`]), a writer that retries through outages ([`Writer`]), and the one
+//! delivery check every fault test ends with ([`assert_exactly_once`]).
 //!
 //! ```no_run
 //! # async fn example() {
@@ -16,16 +18,24 @@
 
 pub mod cluster;
 pub mod db;
+pub mod exactly_once;
 pub mod server;
 pub mod sse;
+pub mod subscriber;
+pub mod writer;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use cluster::Cluster;
 pub use db::TestDb;
+pub use exactly_once::{
+    assert_every_subscriber_got_exactly_once, assert_exactly_once, assert_exactly_once_in,
+};
 pub use server::TestServer;
 pub use sse::{SseEvent, SseItem, SseStream};
+pub use subscriber::Subscriber;
+pub use writer::Writer;
 
 /// How long [`eventually`] waits before failing.
 pub const EVENTUALLY: Duration = Duration::from_secs(20);

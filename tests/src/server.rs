@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::db::TestDb;
 use crate::eventually;
 use crate::sse::{Refused, SseStream};
+use crate::subscriber::Subscriber;
 
 /// The secret test servers sign tokens with.
 pub const SECRET: &[u8] = b"threadcast-test-secret";
@@ -34,12 +35,22 @@ impl TestServer {
 
     /// A broadcaster whose configuration `adjust` changes first.
     pub async fn start_with(db: &TestDb, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_at(db, "127.0.0.1:0".parse().unwrap(), adjust).await
+    }
+
+    /// A broadcaster on `addr`: a restart on the address of a stopped one, where its clients
+    /// reconnect.
+    pub async fn start_at(
+        db: &TestDb,
+        addr: SocketAddr,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
         crate::init_logging();
         let mut config = Config::new(db.reader_url.clone(), SECRET);
         adjust(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("bind port 0");
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().expect("local address");
         let shutdown = CancellationToken::new();
         let broadcaster = Broadcaster::start(config, shutdown.clone())
@@ -78,6 +89,11 @@ impl TestServer {
     /// `http://addr` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A background subscriber of `thread` that reconnects like EventSource; see [`Subscriber`].
+    pub fn subscribe(&self, name: impl Into<String>, thread: Uuid) -> Subscriber {
+        Subscriber::spawn(name, &self.url(""), thread, self.token(thread))
     }
 
     /// A valid one-hour end-user token for `thread`.
