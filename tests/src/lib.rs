@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod browser;
 pub mod cluster;
 pub mod db;
 pub mod exactly_once;
