@@ -41,6 +41,24 @@ fn forged(header: serde_json::Value, claims: serde_json::Value, signature: &str)
     )
 }
 
+/// A token with `header` and `claims` as JSON, signed with HMAC-SHA256 over the test secret
+/// whatever `alg` the header names: the key-confusion forgery a verifier that lets the token
+/// choose its algorithm would accept.
+fn hmac_signed(header: serde_json::Value, claims: serde_json::Value) -> String {
+    let message = format!(
+        "{}.{}",
+        base64url(header.to_string().as_bytes()),
+        base64url(claims.to_string().as_bytes())
+    );
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{message}.{signature}")
+}
+
 /// How a case presents its token.
 enum Via {
     None,
@@ -53,7 +71,7 @@ struct Case {
     name: &'static str,
     query: String,
     via: Via,
-    last_event_id: Option<&'static str>,
+    last_event_id: Option<String>,
     expected: StatusCode,
 }
 
@@ -107,6 +125,25 @@ async fn the_stream_endpoint_answers_each_client_mistake_with_its_status_and_a_j
         claims(now() + 3600),
         &good_signature,
     );
+    let hs256_by_hand = hmac_signed(
+        serde_json::json!({ "alg": "HS256", "typ": "JWT" }),
+        claims(now() + 3600),
+    );
+    let rs256_hmac = hmac_signed(
+        serde_json::json!({ "alg": "RS256", "typ": "JWT" }),
+        claims(now() + 3600),
+    );
+    let none_hmac = hmac_signed(
+        serde_json::json!({ "alg": "none", "typ": "JWT" }),
+        claims(now() + 3600),
+    );
+    let truncated = good[..good.len() - 3].to_owned();
+    let ten_kb_of_digits = "9".repeat(10_000);
+    let oversized = format!(
+        "{}.{}.{good_signature}",
+        base64url(br#"{"alg":"HS256","typ":"JWT"}"#),
+        "A".repeat(30_000)
+    );
     let badly_signed =
         Keys::new(b"another secret").mint(thread, Duration::from_secs(3600), Role::EndUser);
     let tampered = {
@@ -118,11 +155,11 @@ async fn the_stream_endpoint_answers_each_client_mistake_with_its_status_and_a_j
     let agency = keys.mint(thread, Duration::from_secs(3600), Role::Agency);
 
     use StatusCode as S;
-    let case = |name, query: &str, via, last_event_id, expected| Case {
+    let case = |name, query: &str, via, last_event_id: Option<&str>, expected| Case {
         name,
         query: query.to_owned(),
         via,
-        last_event_id,
+        last_event_id: last_event_id.map(str::to_owned),
         expected,
     };
     let cases = vec![
@@ -190,7 +227,77 @@ async fn the_stream_endpoint_answers_each_client_mistake_with_its_status_and_a_j
             Some("1e3"),
             S::BAD_REQUEST,
         ),
+        case(
+            "negative Last-Event-ID header",
+            &ok_query,
+            Via::Bearer(good.clone()),
+            Some("-1"),
+            S::BAD_REQUEST,
+        ),
+        case(
+            "Last-Event-ID header past i64",
+            &ok_query,
+            Via::Bearer(good.clone()),
+            Some("9223372036854775808"),
+            S::BAD_REQUEST,
+        ),
+        case(
+            "non-numeric Last-Event-ID header",
+            &ok_query,
+            Via::Bearer(good.clone()),
+            Some("abc"),
+            S::BAD_REQUEST,
+        ),
+        case(
+            "Last-Event-ID header of 10 KB of digits",
+            &ok_query,
+            Via::Bearer(good.clone()),
+            Some(ten_kb_of_digits.as_str()),
+            S::BAD_REQUEST,
+        ),
         case("no token", &ok_query, Via::None, None, S::UNAUTHORIZED),
+        case(
+            "a token signed by hand like the others (the forgeries below differ only in alg)",
+            &ok_query,
+            Via::Bearer(hs256_by_hand),
+            None,
+            S::OK,
+        ),
+        case(
+            "alg RS256, HMAC-signed with the secret as key",
+            &ok_query,
+            Via::Bearer(rs256_hmac),
+            None,
+            S::UNAUTHORIZED,
+        ),
+        case(
+            "alg none, HMAC-signed with the secret as key",
+            &ok_query,
+            Via::Bearer(none_hmac),
+            None,
+            S::UNAUTHORIZED,
+        ),
+        case(
+            "truncated token",
+            &ok_query,
+            Via::Bearer(truncated),
+            None,
+            S::UNAUTHORIZED,
+        ),
+        case(
+            "30 KB token",
+            &ok_query,
+            Via::Bearer(oversized.clone()),
+            None,
+            S::UNAUTHORIZED,
+        ),
+        case(
+            "30 KB token in the query",
+            &format!("{ok_query}&token={oversized}"),
+            Via::None,
+            None,
+            S::UNAUTHORIZED,
+        ),
         case(
             "malformed token",
             &ok_query,
