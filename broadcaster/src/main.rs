@@ -141,6 +141,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use threadcast_broadcaster::rate::Rate;
 
     #[test]
     fn the_command_line_is_well_formed() {
@@ -164,6 +165,42 @@ mod tests {
             Cli::try_parse_from(["b", "--database-url", "host=db", "--jwt-secret", "s"]).unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.database_url.as_deref(), Some("host=db"));
+        let defaults = cli.serve.into_config().unwrap();
+        assert!(!defaults.demo, "demo mode is off unless asked for");
+        assert_eq!(defaults.max_reply_chars, 10_000);
+        assert_eq!(defaults.reply_rate, Some(Rate::new(5.0, 10)));
+
+        let cli = Cli::try_parse_from([
+            "b",
+            "--database-url",
+            "host=db",
+            "--jwt-secret",
+            "s",
+            "--demo",
+            "--max-reply-chars",
+            "500",
+            "--reply-rate",
+            "30/m",
+            "--reply-burst",
+            "2",
+        ])
+        .unwrap();
+        let config = cli.serve.into_config().unwrap();
+        assert!(config.demo);
+        assert_eq!(config.max_reply_chars, 500);
+        assert_eq!(config.reply_rate, Some(Rate::new(0.5, 2)));
+        for bad in [["--reply-rate", "fast"], ["--max-reply-chars", "0"]] {
+            let args = [
+                "b",
+                "--database-url",
+                "h",
+                "--jwt-secret",
+                "s",
+                bad[0],
+                bad[1],
+            ];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} is refused");
+        }
 
         let cli = Cli::try_parse_from([
             "b",
@@ -181,6 +218,8 @@ mod tests {
         std::env::set_var("DATABASE_URL", "host=from-env");
         std::env::set_var("THREADCAST_JWT_SECRET", "from-env");
         std::env::set_var("THREADCAST_HEARTBEAT_SECS", "3");
+        std::env::set_var("THREADCAST_DEMO", "1");
+        std::env::set_var("THREADCAST_REPLY_RATE", "off");
         let cli =
             Cli::try_parse_from(["b"]).expect("every serve setting may come from the environment");
         let config = cli.serve.into_config().unwrap();
@@ -188,6 +227,8 @@ mod tests {
             (config.database_url.as_str(), config.heartbeat),
             ("host=from-env", Duration::from_secs(3))
         );
+        assert!(config.demo, "THREADCAST_DEMO=1 turns demo mode on");
+        assert_eq!(config.reply_rate, None, "THREADCAST_REPLY_RATE=off");
         assert_eq!(config.jwt_secret.0, b"from-env");
     }
 }
