@@ -104,7 +104,10 @@ impl Hub {
         let Some(inbox) = self.threads().get(payload.thread.as_ref()).cloned() else {
             return;
         };
-        let body = if payload.needs_fetch() {
+        // NOTIFY needs no privilege, so any role that can connect can forge a notification. A
+        // keys-only source takes nothing but the number from one: every row is read from the
+        // table, even when a (forged) payload carries one.
+        let body = if payload.needs_fetch() || self.inner.ctx.source.keys_only {
             NoticeBody::Fetch
         } else if payload.op == Op::Delete {
             NoticeBody::Ready(Event::delete(payload.seq, &payload.id))

@@ -162,6 +162,30 @@ impl ThreadTask {
     async fn fill(&mut self, until: Option<i64>) -> bool {
         let ctx = self.ctx.clone();
         let thread = self.thread.clone();
+        // A notification arrives only after its change committed, so its number is at most the
+        // thread's counter, read now. A higher one was forged (NOTIFY needs no privilege):
+        // recording it as forwarded would drop every real change up to it.
+        let until = match until {
+            Some(until) => {
+                let Some(current) =
+                    retry(&ctx, || fetch::current_seq(&ctx.pool, &ctx.source, &thread)).await
+                else {
+                    return false;
+                };
+                if until > current {
+                    tracing::warn!(
+                        seq = until,
+                        current,
+                        "ignoring a notification for a number the thread has not handed out"
+                    );
+                }
+                Some(until.min(current))
+            }
+            None => None,
+        };
+        if until.is_some_and(|until| until <= self.last) {
+            return true;
+        }
         loop {
             let after = self.last;
             let Some(page) = retry(&ctx, || {

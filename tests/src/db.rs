@@ -151,6 +151,32 @@ impl TestDb {
     }
 }
 
+/// A connection LISTENing on `channel` (quoted as an identifier); payloads arrive on the receiver
+/// in delivery order.
+pub async fn listen(
+    url: &str,
+    channel: &str,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use futures::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\"")))
+        .await
+        .expect("LISTEN");
+    (client, rx)
+}
+
 /// Inserts one reply over `client`; returns its id.
 pub async fn insert_reply(client: &Client, thread: Uuid, content: &str) -> Uuid {
     let row = client

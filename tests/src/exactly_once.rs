@@ -34,13 +34,30 @@ impl TableChange {
     }
 }
 
-/// Every committed change of `thread` in `table` with seq > `after`, by seq.
+/// What the table says a subscriber of one thread is owed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The primary key column: a reply event's data names its row by it.
+    pub id_column: String,
+    /// Every committed change, by seq.
+    pub changes: BTreeMap<i64, TableChange>,
+}
+
+/// Every committed change of `thread` in `table` with seq > `after`.
 pub async fn committed_changes(
     client: &Client,
     table: &str,
     thread: &str,
     after: i64,
-) -> BTreeMap<i64, TableChange> {
+) -> Committed {
+    let id_column: String = client
+        .query_one(
+            "SELECT id_column::text FROM threadcast.sources WHERE source = $1::text::regclass",
+            &[&table],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{table} is a threadcast source: {e}"))
+        .get(0);
     let rows = client
         .query(
             "SELECT seq, kind, id, \"row\"::text
@@ -49,7 +66,8 @@ pub async fn committed_changes(
         )
         .await
         .unwrap_or_else(|e| panic!("read the changes of thread {thread} in {table}: {e}"));
-    rows.iter()
+    let changes = rows
+        .iter()
         .map(|row| {
             let seq: i64 = row.get(0);
             let kind: &str = row.get(1);
@@ -64,7 +82,8 @@ pub async fn committed_changes(
             };
             (seq, change)
         })
-        .collect()
+        .collect();
+    Committed { id_column, changes }
 }
 
 /// Panics, naming `who` and every discrepancy, unless `events` are exactly the committed changes
@@ -130,7 +149,8 @@ pub async fn assert_exactly_once_in(
 /// include every change of the table, and agree with it. One kind of event may be received that
 /// the table no longer lists: a reply that a later update or delete of the same row (received
 /// too) has since moved to a higher seq. Anything else the table does not know never committed.
-pub fn check(events: &[SseEvent], table: &BTreeMap<i64, TableChange>) -> Result<(), String> {
+pub fn check(events: &[SseEvent], committed: &Committed) -> Result<(), String> {
+    let table = &committed.changes;
     let mut report = String::new();
     let mut seen = HashMap::<i64, usize>::new();
     let mut previous = None;
@@ -188,7 +208,17 @@ pub fn check(events: &[SseEvent], table: &BTreeMap<i64, TableChange>) -> Result<
                 continue;
             }
         };
-        let id = data["id"].as_str().unwrap_or_default();
+        let key = if event.event == "reply" {
+            committed.id_column.as_str()
+        } else {
+            "id"
+        };
+        // The key as text, as `threadcast.changes` gives it (a number's JSON is its text).
+        let id = match &data[key] {
+            serde_json::Value::String(id) => id.clone(),
+            other => other.to_string(),
+        };
+        let id = id.as_str();
         match (table.get(&seq), event.event.as_str()) {
             (Some(TableChange::Reply { row, .. }), "reply") if *row == data => {}
             (Some(TableChange::Delete { id: deleted }), "delete") if deleted == id => {}
@@ -278,8 +308,8 @@ mod tests {
         }
     }
 
-    fn table(changes: &[(i64, &str, Option<&str>)]) -> BTreeMap<i64, TableChange> {
-        changes
+    fn table(changes: &[(i64, &str, Option<&str>)]) -> Committed {
+        let changes = changes
             .iter()
             .map(|(seq, id, content)| {
                 let change = match content {
@@ -291,7 +321,11 @@ mod tests {
                 };
                 (*seq, change)
             })
-            .collect()
+            .collect();
+        Committed {
+            id_column: "id".into(),
+            changes,
+        }
     }
 
     #[test]
