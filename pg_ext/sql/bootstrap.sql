@@ -89,6 +89,13 @@ BEGIN
 END
 $$;
 
+-- The thread column's type: a thread key arrives as text and is cast back to it, so that the
+-- (thread, seq) index serves the look-up.
+CREATE FUNCTION threadcast.thread_type(s threadcast.sources) RETURNS text
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
+    RETURN (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = s.source AND a.attname = s.thread_column);
+
 -- Every change of one thread with after_seq < seq <= until_seq, in seq order: the current row of
 -- each reply ('reply'), and each delete ('delete', row NULL). The broadcaster's catch-up and gap
 -- repair. Runs as its caller, who needs SELECT on the table.
@@ -101,10 +108,8 @@ RETURNS TABLE(seq bigint, kind text, id text, "row" json)
 AS $$
 DECLARE
     s threadcast.sources := threadcast.source(tbl);
-    thread_type text;
+    thread_type text := threadcast.thread_type(s);
 BEGIN
-    SELECT format_type(a.atttypid, a.atttypmod) INTO thread_type
-      FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = s.thread_column;
     RETURN QUERY EXECUTE format(
         'SELECT * FROM (
              SELECT r.%1$I::bigint, ''reply''::text, r.%2$I::text, row_to_json(r)
@@ -128,10 +133,8 @@ RETURNS TABLE(seq bigint, kind text, id text, "row" json)
 AS $$
 DECLARE
     s threadcast.sources := threadcast.source(tbl);
-    thread_type text;
+    thread_type text := threadcast.thread_type(s);
 BEGIN
-    SELECT format_type(a.atttypid, a.atttypmod) INTO thread_type
-      FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = s.thread_column;
     RETURN QUERY EXECUTE format(
         'SELECT * FROM (
              SELECT r.%1$I::bigint AS seq, ''reply''::text, r.%2$I::text, row_to_json(r)

@@ -133,8 +133,31 @@ fn thread_key(col: &Column, row: RawRow, table: &str, name: &str) -> String {
     })
 }
 
-fn qualified_name(rel: &PgRelation) -> String {
-    pgrx::spi::quote_qualified_identifier(rel.namespace(), rel.name())
+/// What both triggers read first: the table fired on, its name for messages and payloads, and
+/// the descriptor of its rows.
+struct Fired<'a> {
+    data: &'a pg_sys::TriggerData,
+    rel: PgRelation,
+    table: String,
+    desc: pg_sys::TupleDesc,
+}
+
+impl<'a> Fired<'a> {
+    fn of(trigger: &'a PgTrigger<'a>) -> Fired<'a> {
+        let data = trigger.trigger_data();
+        let rel = trigger
+            .relation()
+            .unwrap_or_else(|e| error!("threadcast: {e}"));
+        let table = pgrx::spi::quote_qualified_identifier(rel.namespace(), rel.name());
+        // SAFETY: a row-level trigger always has a relation with a descriptor.
+        let desc = unsafe { (*data.tg_relation).rd_att };
+        Fired {
+            data,
+            rel,
+            table,
+            desc,
+        }
+    }
 }
 
 /// `threadcast.assign_seq(thread_column, seq_column)`: BEFORE INSERT OR UPDATE, FOR EACH ROW.
@@ -143,13 +166,12 @@ fn assign_seq<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, std::convert::Infallible> {
     let [thread_column, seq_column] = args::<2>(trigger);
-    let data = trigger.trigger_data();
-    let rel = trigger
-        .relation()
-        .unwrap_or_else(|e| error!("threadcast: {e}"));
-    let table = qualified_name(&rel);
-    // SAFETY: a row-level BEFORE trigger always has a relation with a descriptor.
-    let desc = unsafe { (*data.tg_relation).rd_att };
+    let Fired {
+        data,
+        rel,
+        table,
+        desc,
+    } = Fired::of(trigger);
     let thread_col = column(desc, &table, &thread_column);
     let seq_col = column(desc, &table, &seq_column);
 
@@ -244,13 +266,12 @@ fn notify<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, std::convert::Infallible> {
     let [thread_column, seq_column, id_column, channel, mode] = args::<5>(trigger);
-    let data = trigger.trigger_data();
-    let rel = trigger
-        .relation()
-        .unwrap_or_else(|e| error!("threadcast: {e}"));
-    let table = qualified_name(&rel);
-    // SAFETY: a row-level trigger always has a relation with a descriptor.
-    let desc = unsafe { (*data.tg_relation).rd_att };
+    let Fired {
+        data,
+        rel,
+        table,
+        desc,
+    } = Fired::of(trigger);
     let thread_col = column(desc, &table, &thread_column);
     let id_col = column(desc, &table, &id_column);
     let keys_only = mode == "keys";
