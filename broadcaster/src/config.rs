@@ -32,6 +32,9 @@ pub struct Config {
     pub fetch_pool_size: usize,
     /// The longest wait between two attempts to re-establish the LISTEN connection.
     pub max_backoff: Duration,
+    /// How long a write to a client may make no progress before its connection is closed: a
+    /// client that stopped reading must not hold its place and its queue forever.
+    pub write_timeout: Duration,
     /// The longest reply `POST /api/widget/replies` accepts, in characters.
     pub max_reply_chars: usize,
     /// How fast one thread's side (its end user, or its agency) may post replies; None: no limit.
@@ -54,6 +57,7 @@ impl Config {
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
             fetch_pool_size: DEFAULT_FETCH_POOL_SIZE,
             max_backoff: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
             max_reply_chars: DEFAULT_MAX_REPLY_CHARS,
             reply_rate: Some(Rate::new(DEFAULT_REPLY_PER_SECOND, DEFAULT_REPLY_BURST)),
             demo: false,

@@ -19,6 +19,7 @@ pub mod rate;
 pub mod replies;
 pub mod source;
 pub mod sse;
+mod stall;
 pub mod stream;
 mod thread;
 pub mod widget;
@@ -227,6 +228,7 @@ impl Broadcaster {
     /// the background tasks to stop.
     pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
         let shutdown = self.state.shutdown.clone();
+        let listener = stall::StallGuard::new(listener, self.state.config.write_timeout);
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await?;

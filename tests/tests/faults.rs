@@ -503,3 +503,66 @@ async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
     let rest = resumed.events(written - last as usize).await;
     assert_eq!(seqs(&rest), (last + 1..=written as i64).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_and_disconnected_while_others_keep_receiving() {
+    const BATCH: usize = 8;
+    let db = TestDb::new().await;
+    let server = TestServer::start_with(&db, |c| {
+        c.subscriber_buffer = 2 * BATCH;
+        c.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let thread = db.create_thread().await;
+    let mut reader = server.open(thread).await;
+    // A client that sends its request and then never reads a byte, with a small receive buffer
+    // so that the socket fills up soon.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut never = socket.connect(server.addr).await.expect("connect");
+    let request = format!(
+        "GET /api/widget/stream?feedbackId={thread} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        server.addr,
+        server.token(thread)
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut never, request.as_bytes())
+        .await
+        .unwrap();
+    eventually("the never-reading stream to open", || async {
+        server.metric("threadcast_open_streams").await == 2.0
+    })
+    .await;
+
+    let content = "x".repeat(4000);
+    let mut written = 0;
+    while server
+        .metric("threadcast_slow_consumer_disconnects_total")
+        .await
+        < 1.0
+    {
+        assert!(
+            written < 4000,
+            "the client that never reads was never cut off"
+        );
+        for _ in 0..BATCH {
+            db.insert_reply(thread, &content).await;
+        }
+        written += BATCH;
+        let events = reader.events(BATCH).await;
+        assert_eq!(
+            events.last().unwrap().seq(),
+            written as i64,
+            "the reading client keeps up"
+        );
+    }
+
+    // Cut off from its thread, it would still hold its connection, its place under
+    // max_connections and its queue, if the server did not give up on writing to it.
+    eventually(
+        "the server to close the connection of the client that never reads",
+        || async { server.metric("threadcast_open_streams").await == 1.0 },
+    )
+    .await;
+    db.insert_reply(thread, "after the cut").await;
+    assert_eq!(reader.next_event().await.content(), "after the cut");
+}
