@@ -6,9 +6,9 @@ use uuid::Uuid;
 
 use crate::cluster::Cluster;
 
-/// The role the broadcaster connects as: it may read and insert replies (`POST
-/// /api/widget/replies`) and nothing more, as in production.
-pub const READER_ROLE: &str = "threadcast_reader";
+/// The role the broadcaster connects as, created by `sql/roles.sql` exactly as in production: it
+/// may read and insert replies (`POST /api/widget/replies`) and nothing more.
+pub const READER_ROLE: &str = "threadcast_broadcaster";
 
 /// One database with the threadcast extension and `sql/schema.sql`.
 pub struct TestDb {
@@ -47,17 +47,14 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create the test database");
-        admin
-            .batch_execute(&format!(
-                "DO $$ BEGIN CREATE ROLE {READER_ROLE} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-            ))
-            .await
-            .expect("create the reader role");
         let admin_url = cluster.url(&name, "postgres");
         let client = connect(&admin_url).await;
         let schema =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/schema.sql"))
                 .expect("read sql/schema.sql");
+        let roles =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/roles.sql"))
+                .expect("read sql/roles.sql");
         client
             .batch_execute("CREATE EXTENSION threadcast")
             .await
@@ -67,11 +64,9 @@ impl TestDb {
             .await
             .expect("run sql/schema.sql");
         client
-            .batch_execute(&format!(
-                "GRANT SELECT, INSERT ON public.feedback_replies TO {READER_ROLE}"
-            ))
+            .batch_execute(&roles)
             .await
-            .expect("grant the reader role");
+            .expect("run sql/roles.sql");
         TestDb {
             reader_url: cluster.url(&name, READER_ROLE),
             name,
