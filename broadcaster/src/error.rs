@@ -27,6 +27,9 @@ pub enum ApiError {
     /// The body, or a part of it, is larger than allowed.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The body is not of the media type the endpoint reads (JSON).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The request is well-formed but its content is not acceptable (for example empty).
     #[error("{0}")]
     Unprocessable(String),
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

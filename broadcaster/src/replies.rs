@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -107,8 +107,17 @@ async fn post_reply(
     State(state): State<AppState>,
     Authenticated(claims): Authenticated,
     query: Result<Query<PostQuery>, QueryRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // The token may come from a cookie, which a browser attaches to a form another site makes
+    // it POST (text/plain can carry a JSON-looking body). JSON only: a cross-origin request
+    // with that type needs a CORS preflight, which only the allowed origins pass.
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be sent as Content-Type: application/json".into(),
+        ));
+    }
     let Query(query) = query
         .map_err(|e| ApiError::BadRequest(format!("malformed query string: {}", e.body_text())))?;
     let body = body.map_err(|rejection| match rejection.status() {
@@ -140,6 +149,15 @@ async fn post_reply(
     };
     tracing::debug!(id = %reply.id, status = status.as_u16(), "reply posted");
     Ok((status, [(header::CONTENT_TYPE, "application/json")], row).into_response())
+}
+
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Checks everything that needs no database: the body's shape (400), the thread (403), and the

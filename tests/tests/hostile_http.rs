@@ -277,3 +277,65 @@ async fn a_connection_storm_past_the_limit_gets_503s_while_open_streams_keep_rec
         "the storm took no place"
     );
 }
+
+#[tokio::test]
+async fn a_cross_site_form_post_carrying_the_cookie_stores_nothing() {
+    // A page on another site can make a browser POST a form, cookie included (SameSite=None, or
+    // a sibling subdomain, which is same-site), as text/plain whose body happens to be JSON. It
+    // cannot send application/json without a CORS preflight, which only allowed origins pass.
+    let db = TestDb::new().await;
+    let server = TestServer::start_with(&db, |c| {
+        c.allowed_origins = vec!["https://app.example".into()]
+    })
+    .await;
+    let thread = db.create_thread().await;
+    let cookie = format!("threadcast_token={}", server.token(thread));
+    let post = |content_type: Option<&str>| {
+        let body = serde_json::json!({
+            "content": "posted from another site",
+            "author_name": "Mallory",
+            "client_id": Uuid::new_v4(),
+        });
+        let mut request = server
+            .http
+            .post(server.url("/api/widget/replies"))
+            .header("cookie", cookie.clone())
+            .header("origin", "https://evil.example")
+            .body(body.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send()
+    };
+
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        let response = post(content_type).await.expect("POST");
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a {content_type:?} POST is refused: {body}"
+        );
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let stored: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM feedback_replies", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "nothing was stored");
+
+    let json = post(Some("application/json; charset=utf-8")).await.unwrap();
+    assert_eq!(
+        json.status(),
+        StatusCode::CREATED,
+        "JSON, as the widget sends it, is stored"
+    );
+}
