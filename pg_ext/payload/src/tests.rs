@@ -1,4 +1,6 @@
-//! Round trips, the size limit, and a property test: any string decodes or is refused, never panics.
+//! Round trips, the size limit, hostile input (deep nesting, numbers out of range, duplicate
+//! fields), and property tests: any string, any bytes and any mutation of a valid payload decode
+//! or are refused, never panic.
 
 use super::*;
 use proptest::prelude::*;
@@ -136,5 +138,102 @@ proptest! {
         prop_assert!(text.len() <= MAX_PAYLOAD_BYTES);
         let p = Payload::decode(&text).unwrap();
         prop_assert_eq!(p.row.is_none(), p.omitted == Some(Omitted::TooLarge));
+    }
+}
+
+// A NOTIFY on the channel may come from any role that can connect, so the decoder faces whatever
+// bytes a hostile client sends (PostgreSQL only guarantees text in the database encoding; the
+// lossy conversion stands in for a client library that does not).
+
+#[test]
+fn deeply_nested_json_never_exhausts_the_stack() {
+    let (open, close) = ("[".repeat(100_000), "]".repeat(100_000));
+    // Well-formed: the row is kept as raw text, never walked recursively, so it decodes.
+    let balanced = format!(
+        r#"{{"v":1,"op":"I","table":"t","thread":"a","seq":1,"id":"1","row":{open}{close}}}"#
+    );
+    assert!(Payload::decode(&balanced).is_ok());
+    for text in [
+        format!(r#"{{"v":1,"op":"I","table":"t","thread":"a","seq":1,"id":"1","row":{open}"#),
+        open.clone(),
+        "{\"a\":".repeat(100_000),
+    ] {
+        assert!(
+            matches!(Payload::decode(&text), Err(PayloadError::Malformed(_))),
+            "refused: {}...",
+            &text[..40]
+        );
+    }
+}
+
+#[test]
+fn numbers_out_of_range_are_refused() {
+    for seq in [
+        "9223372036854775808",
+        "1e400",
+        "-0",
+        "1.5",
+        "0x10",
+        "NaN",
+        "null",
+        "\"1\"",
+    ] {
+        let text = format!(r#"{{"v":1,"op":"D","table":"t","thread":"a","seq":{seq},"id":"1"}}"#);
+        assert!(Payload::decode(&text).is_err(), "seq {seq} is refused");
+    }
+    let text = r#"{"v":4294967297,"op":"D","table":"t","thread":"a","seq":1,"id":"1"}"#;
+    assert!(
+        Payload::decode(text).is_err(),
+        "a version past u32 is refused"
+    );
+}
+
+#[test]
+fn duplicate_fields_are_refused() {
+    let text = r#"{"v":1,"op":"D","table":"t","thread":"a","thread":"b","seq":1,"id":"1"}"#;
+    assert!(matches!(
+        Payload::decode(text),
+        Err(PayloadError::Malformed(_))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_bytes_decode_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = Payload::decode(&String::from_utf8_lossy(&bytes));
+    }
+
+    #[test]
+    fn a_valid_payload_with_bytes_changed_decodes_to_a_valid_payload_or_is_refused(
+        content in ".{0,40}",
+        op in prop::sample::select(vec![Op::Insert, Op::Update, Op::Delete]),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6),
+    ) {
+        let json = serde_json::json!({ "id": "x", "content": content }).to_string();
+        let row: &RawValue = serde_json::from_str(&json).unwrap();
+        let mut payload = insert(row);
+        payload.op = op;
+        if op == Op::Delete {
+            payload.row = None;
+        }
+        let mut bytes = payload.encode().unwrap().into_bytes();
+        for (at, byte, edit) in edits {
+            let i = at.index(bytes.len() + 1);
+            match edit {
+                0 if i < bytes.len() => bytes[i] = byte,
+                1 => bytes.insert(i, byte),
+                _ if i < bytes.len() => {
+                    bytes.remove(i);
+                }
+                _ => {}
+            }
+        }
+        if let Ok(p) = Payload::decode(&String::from_utf8_lossy(&bytes)) {
+            prop_assert_eq!(p.v, FORMAT_VERSION);
+            prop_assert!(p.seq >= 1);
+            prop_assert!(p.op == Op::Delete || p.row.is_some() || p.omitted.is_some());
+        }
     }
 }
