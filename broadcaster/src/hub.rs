@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use threadcast_payload::{Op, Payload};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::queue::{self, Receiver, Sender};
 use crate::source::Source;
 use crate::sse::Event;
 use crate::thread::{self, Notice, NoticeBody, ThreadMsg};
@@ -40,7 +41,7 @@ pub struct Hub {
 struct Inner {
     /// The inbox of each thread's task. Every send happens under this lock, and a task retires
     /// only under it with an empty inbox, so no message is ever sent to a task that is gone.
-    threads: Mutex<HashMap<Arc<str>, mpsc::UnboundedSender<ThreadMsg>>>,
+    threads: Mutex<HashMap<Arc<str>, Sender<ThreadMsg>>>,
     next_id: AtomicU64,
     ctx: Arc<ThreadContext>,
 }
@@ -56,7 +57,7 @@ impl Hub {
         }
     }
 
-    fn threads(&self) -> MutexGuard<'_, HashMap<Arc<str>, mpsc::UnboundedSender<ThreadMsg>>> {
+    fn threads(&self) -> MutexGuard<'_, HashMap<Arc<str>, Sender<ThreadMsg>>> {
         // A panic while holding this lock cannot leave the map half-updated (every change is one
         // insert or remove), so a poisoned lock is still good to use.
         self.inner.threads.lock().unwrap_or_else(|e| e.into_inner())
@@ -66,7 +67,7 @@ impl Hub {
     /// [`Subscription::joined`] tells from which seq on it receives every change.
     pub fn subscribe(&self, thread: &str) -> Subscription {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events) = mpsc::channel(self.inner.ctx.subscriber_buffer.max(1));
+        let (events_tx, events) = queue::queue(Some(self.inner.ctx.subscriber_buffer.max(1)));
         let (joined_tx, joined) = oneshot::channel();
         let mut threads = self.threads();
         let key: Arc<str> = match threads.get_key_value(thread) {
@@ -84,7 +85,7 @@ impl Hub {
             })
             .or_insert_with(|| thread::spawn(self.clone(), self.inner.ctx.clone(), key.clone()));
         // If the task is gone (shutdown), `joined` resolves to None and the stream ends.
-        let _ = inbox.send(ThreadMsg::Subscribe {
+        let _ = inbox.try_send(ThreadMsg::Subscribe {
             id,
             events: events_tx,
             joined: joined_tx,
@@ -119,7 +120,7 @@ impl Hub {
         };
         // Sent outside the lock so that rendering never holds it. A task that retired meanwhile
         // had no subscribers, and a new task's baseline is read after this change committed.
-        let _ = inbox.send(ThreadMsg::Notice(Notice {
+        let _ = inbox.try_send(ThreadMsg::Notice(Notice {
             seq: payload.seq,
             body,
         }));
@@ -129,12 +130,12 @@ impl Hub {
     /// (called each time the LISTEN connection is (re-)established).
     pub(crate) fn resync_all(&self) {
         for inbox in self.threads().values() {
-            let _ = inbox.send(ThreadMsg::Resync);
+            let _ = inbox.try_send(ThreadMsg::Resync);
         }
     }
 
     /// Removes `thread`'s task if its inbox is empty; the task stops when this returns true.
-    pub(crate) fn retire(&self, thread: &str, inbox: &mpsc::UnboundedReceiver<ThreadMsg>) -> bool {
+    pub(crate) fn retire(&self, thread: &str, inbox: &Receiver<ThreadMsg>) -> bool {
         let mut threads = self.threads();
         if !inbox.is_empty() {
             return false;
@@ -150,7 +151,7 @@ impl Hub {
 
     fn unsubscribe(&self, thread: &str, id: u64) {
         if let Some(inbox) = self.threads().get(thread) {
-            let _ = inbox.send(ThreadMsg::Unsubscribe(id));
+            let _ = inbox.try_send(ThreadMsg::Unsubscribe(id));
         }
     }
 }
@@ -160,7 +161,7 @@ pub struct Subscription {
     hub: Hub,
     thread: Arc<str>,
     id: u64,
-    events: mpsc::Receiver<Event>,
+    events: Receiver<Event>,
     joined: Option<oneshot::Receiver<i64>>,
 }
 

@@ -15,8 +15,10 @@ pub mod hub;
 mod listener;
 pub mod metrics;
 pub mod ops;
+mod queue;
 pub mod rate;
 pub mod replies;
+mod serve;
 pub mod source;
 pub mod sse;
 mod stall;
@@ -227,11 +229,14 @@ impl Broadcaster {
     /// Serves `router` on `listener` until shutdown, then waits for open streams to end and for
     /// the background tasks to stop.
     pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
-        let shutdown = self.state.shutdown.clone();
-        let listener = stall::StallGuard::new(listener, self.state.config.write_timeout);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        let config = &self.state.config;
+        serve::serve(
+            listener,
+            router,
+            config.write_timeout,
+            self.state.shutdown.clone(),
+        )
+        .await?;
         self.tasks.close();
         self.tasks.wait().await;
         tracing::info!("stopped");

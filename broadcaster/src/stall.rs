@@ -1,47 +1,19 @@
 //! Connections whose client stopped reading are closed: a write that makes no progress for
-//! `Config::write_timeout` fails, hyper drops the connection, and the stream's place under
-//! `max_connections` and its queue are freed.
+//! `Config::write_timeout` fails, the connection is dropped (`serve.rs` wraps every connection's
+//! writes in [`Guarded`]), and the stream's place under `max_connections` and its queue are freed.
 //!
-//! Cutting a slow subscriber off its thread (`thread.rs`) ends its stream, but hyper only polls a
-//! response body when the socket takes more bytes: a client that never reads again would keep its
+//! Cutting a slow subscriber off its thread (`thread.rs`) ends its stream, but a response body is
+//! only polled when the socket takes more bytes: a client that never reads again would keep its
 //! connection, its place and its queued events for as long as it keeps the socket open.
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
-
-/// A listener whose connections fail writes that stall for longer than `timeout`.
-pub struct StallGuard {
-    listener: TcpListener,
-    timeout: Duration,
-}
-
-impl StallGuard {
-    pub fn new(listener: TcpListener, timeout: Duration) -> Self {
-        StallGuard { listener, timeout }
-    }
-}
-
-impl axum::serve::Listener for StallGuard {
-    type Io = Guarded<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = axum::serve::Listener::accept(&mut self.listener).await;
-        (Guarded::new(io, self.timeout), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-}
 
 /// A connection whose writes time out when the peer has taken nothing for `timeout`.
 pub struct Guarded<T> {

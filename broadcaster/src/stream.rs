@@ -215,21 +215,23 @@ impl Feed {
                 }
                 Phase::History(n) => {
                     let state = &self.state;
+                    // Table reads are boxed: the stream keeps its state for as long as it is
+                    // open, and should not keep room for a query's all that time.
                     let read = fetch::latest(&state.pool, &state.source, self.thread(), n);
-                    let rows = self.read(read).await?;
+                    let rows = self.read(Box::pin(read)).await?;
                     self.pending.extend(rows.iter().map(|c| c.event()));
                     self.phase = Phase::Live;
                 }
                 Phase::CatchUp { after: None } => self.phase = Phase::Live,
                 Phase::CatchUp { after: Some(after) } => {
                     let page = self
-                        .read(fetch::changes(
+                        .read(Box::pin(fetch::changes(
                             &self.state.pool,
                             &self.state.source,
                             self.thread(),
                             after,
                             None,
-                        ))
+                        )))
                         .await?;
                     let more = page.len() >= PAGE_ROWS as usize;
                     let next_after = page.last().map(|c| c.seq);

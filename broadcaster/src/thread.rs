@@ -9,11 +9,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::backoff::Backoff;
 use crate::fetch::{self, FetchError, PAGE_ROWS};
 use crate::hub::{Hub, ThreadContext};
+use crate::queue::{self, TrySendError};
 use crate::sse::Event;
 
 /// A message to a thread's task. Order matters: the hub sends them under one lock.
@@ -21,7 +22,7 @@ pub(crate) enum ThreadMsg {
     Notice(Notice),
     Subscribe {
         id: u64,
-        events: mpsc::Sender<Event>,
+        events: queue::Sender<Event>,
         joined: oneshot::Sender<i64>,
     },
     Unsubscribe(u64),
@@ -47,8 +48,8 @@ pub(crate) fn spawn(
     hub: Hub,
     ctx: Arc<ThreadContext>,
     thread: Arc<str>,
-) -> mpsc::UnboundedSender<ThreadMsg> {
-    let (tx, inbox) = mpsc::unbounded_channel();
+) -> queue::Sender<ThreadMsg> {
+    let (tx, inbox) = queue::queue(None);
     let task = ThreadTask {
         hub,
         ctx: ctx.clone(),
@@ -65,20 +66,26 @@ struct ThreadTask {
     hub: Hub,
     ctx: Arc<ThreadContext>,
     thread: Arc<str>,
-    inbox: mpsc::UnboundedReceiver<ThreadMsg>,
+    inbox: queue::Receiver<ThreadMsg>,
     /// The last seq forwarded (or known to have nothing left to forward).
     last: i64,
-    subscribers: Vec<(u64, mpsc::Sender<Event>)>,
+    subscribers: Vec<(u64, queue::Sender<Event>)>,
 }
 
 impl ThreadTask {
-    #[tracing::instrument(name = "thread", skip(self), fields(thread = %self.thread))]
+    // A root span: the task outlives the request that started it, and a child span would keep
+    // its parent's span alive for as long.
+    #[tracing::instrument(name = "thread", parent = None, skip(self), fields(thread = %self.thread))]
     async fn run(mut self) {
         // Changes up to the baseline are the table's business (catch-up); every later one is
         // forwarded. Notifications queued meanwhile wait in the inbox.
+        // Table reads are boxed here and below: a task lives as long as its thread has
+        // subscribers, and would otherwise keep room for a query's state all that time.
         let (ctx, thread) = (self.ctx.clone(), self.thread.clone());
-        let Some(baseline) =
-            retry(&ctx, || fetch::current_seq(&ctx.pool, &ctx.source, &thread)).await
+        let Some(baseline) = Box::pin(retry(&ctx, || {
+            fetch::current_seq(&ctx.pool, &ctx.source, &thread)
+        }))
+        .await
         else {
             return;
         };
@@ -104,7 +111,7 @@ impl ThreadTask {
                 }
                 ThreadMsg::Resync => {
                     let before = self.last;
-                    let done = self.fill(None).await;
+                    let done = Box::pin(self.fill(None)).await;
                     if self.last > before {
                         self.ctx.metrics.gap_fills.increment(1);
                         tracing::info!(from = before, to = self.last, "caught up after reconnect");
@@ -150,7 +157,7 @@ impl ThreadTask {
                 // The notice's own row is read with the rest: the table has the row's current state
                 // at its current seq, which keeps every subscriber on one order.
                 drop(body);
-                self.fill(Some(notice.seq)).await
+                Box::pin(self.fill(Some(notice.seq))).await
             }
         }
     }
@@ -225,12 +232,12 @@ impl ThreadTask {
         self.subscribers
             .retain(|(_, tx)| match tx.try_send(event.clone()) {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(TrySendError::Full(_)) => {
                     metrics.slow_consumer_disconnects.increment(1);
                     tracing::info!(seq = event.seq, "subscriber too slow; disconnected");
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(TrySendError::Closed(_)) => false,
             });
     }
 }
