@@ -224,6 +224,7 @@ async fn serve_stream(
     let mut scratch = [0u8; 64];
     let ended = loop {
         let next = tokio::select! {
+            biased;
             next = data.next() => next,
             // Only one request is served here, so anything the client sends is ignored; its
             // closing (0 bytes) or an error ends the stream at once rather than at the next write.
@@ -311,7 +312,13 @@ fn encode(out: &mut Vec<u8>, frame: &[u8], chunked: bool) {
         return;
     }
     if chunked {
-        out.extend_from_slice(format!("{:x}\r\n", frame.len()).as_bytes());
+        let digits = (usize::BITS - frame.len().leading_zeros())
+            .div_ceil(4)
+            .max(1);
+        for shift in (0..digits).rev() {
+            out.push(b"0123456789abcdef"[(frame.len() >> (shift * 4)) & 0xf]);
+        }
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(frame);
         out.extend_from_slice(b"\r\n");
     } else {
@@ -330,6 +337,8 @@ async fn write_bounded(
     tokio::pin!(write);
     if !shutdown.is_cancelled() {
         tokio::select! {
+            // Most writes complete at once; then the shutdown token is not even looked at.
+            biased;
             written = &mut write => return written,
             _ = shutdown.cancelled() => {}
         }

@@ -73,6 +73,9 @@ pub struct KeepAlive {
     inner: BoxStream<'static, Bytes>,
     every: Duration,
     timer: Pin<Box<Sleep>>,
+    /// When the last frame went out. The timer is moved on when it fires, not on every frame:
+    /// a busy stream then costs no timer update per event.
+    last_frame: Instant,
 }
 
 impl KeepAlive {
@@ -81,6 +84,7 @@ impl KeepAlive {
             inner,
             every,
             timer: Box::pin(tokio::time::sleep(every)),
+            last_frame: Instant::now(),
         }
     }
 }
@@ -92,16 +96,26 @@ impl Stream for KeepAlive {
         let this = &mut *self;
         match this.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(frame)) => {
-                this.timer.as_mut().reset(Instant::now() + this.every);
+                this.last_frame = Instant::now();
                 Poll::Ready(Some(frame))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.timer.as_mut().reset(Instant::now() + this.every);
-                    Poll::Ready(Some(Bytes::from_static(HEARTBEAT)))
+            Poll::Pending => loop {
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let due = this.last_frame + this.every;
+                        let now = Instant::now();
+                        if due > now {
+                            // A frame went out since the timer was set: silence is counted from it.
+                            this.timer.as_mut().reset(due);
+                            continue;
+                        }
+                        this.last_frame = now;
+                        this.timer.as_mut().reset(now + this.every);
+                        return Poll::Ready(Some(Bytes::from_static(HEARTBEAT)));
+                    }
+                    Poll::Pending => return Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
             },
         }
     }
@@ -151,6 +165,23 @@ mod tests {
         assert_eq!(
             &event.frame()[..],
             b"id: 3\nevent: delete\ndata: {\"id\":\"k\\\"1\"}\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn silence_is_counted_from_the_last_frame() {
+        let every = Duration::from_millis(300);
+        let (frames, rx) = futures::channel::mpsc::unbounded();
+        let mut stream = KeepAlive::new(rx.boxed(), every);
+        tokio::time::sleep(every / 2).await;
+        frames.unbounded_send(Bytes::from_static(b"a")).unwrap();
+        assert_eq!(&stream.next().await.unwrap()[..], b"a");
+        let sent = Instant::now();
+        assert_eq!(&stream.next().await.unwrap()[..], HEARTBEAT);
+        assert!(
+            sent.elapsed() >= every - Duration::from_millis(20),
+            "the heartbeat came {:?} after the frame, not {every:?}",
+            sent.elapsed()
         );
     }
 
