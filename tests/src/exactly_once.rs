@@ -4,6 +4,7 @@
 //! The table is the truth because it holds only what committed: a reply whose transaction rolled
 //! back, or whose INSERT was cut off by a restart, is not in it, and must not have been delivered.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
@@ -108,9 +109,9 @@ pub async fn assert_every_subscriber_got_exactly_once(
     let client = db::connect(&db.admin_url).await;
     let mut last = HashMap::new();
     for subscriber in &subscribers {
-        if !last.contains_key(&subscriber.thread) {
+        if let Entry::Vacant(seq) = last.entry(subscriber.thread) {
             db::insert_reply(&client, subscriber.thread, "the last reply").await;
-            last.insert(subscriber.thread, db.current_seq(subscriber.thread).await);
+            seq.insert(db.current_seq(subscriber.thread).await);
         }
     }
     for subscriber in &subscribers {

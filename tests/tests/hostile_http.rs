@@ -114,7 +114,7 @@ async fn oversized_headers_and_urls_get_a_clear_status_or_a_close_and_harm_nobod
             get(
                 &server,
                 &format!("{stream}&junk={megabyte}"),
-                &[bearer.clone()],
+                std::slice::from_ref(&bearer),
             ),
             &[414, 431],
         ),
@@ -130,7 +130,7 @@ async fn oversized_headers_and_urls_get_a_clear_status_or_a_close_and_harm_nobod
         (
             "a header that is not valid UTF-8 or ASCII",
             {
-                let mut request = get(&server, &stream, &[bearer.clone()]);
+                let mut request = get(&server, &stream, std::slice::from_ref(&bearer));
                 let at = request.len() - 2;
                 request.splice(at..at, b"X-Bin: \xff\xfe\x00\x01\r\n".iter().copied());
                 request
@@ -209,7 +209,11 @@ async fn thousands_of_query_parameters_are_answered_promptly() {
         assert!(body["error"].is_string(), "{name}: {body}");
     }
     let too_long = format!("{stream}{}", format!("&feedbackId={thread}").repeat(5000));
-    let answer = raw_request(&server, &get(&server, &too_long, &[bearer.clone()])).await;
+    let answer = raw_request(
+        &server,
+        &get(&server, &too_long, std::slice::from_ref(&bearer)),
+    )
+    .await;
     assert_eq!(answer.status, Some(414), "a 240 KB URL: {}", answer.body);
     assert!(
         started.elapsed() < Duration::from_secs(5),
