@@ -2,11 +2,14 @@
 //! brings up PostgreSQL with the extension and the broadcaster, `test` runs every test, `bench`
 //! measures.
 
+mod bench_stream;
 mod bench_trigger;
 mod cluster;
 mod cmd;
 mod demo;
 mod setup;
+mod soak;
+mod stack;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -35,12 +38,18 @@ enum Task {
     /// Benchmarks (not tests): they print a table to paste into docs/benchmarks.md.
     #[command(subcommand)]
     Bench(Bench),
+    /// Not part of CI: thousands of streams, writers, client drops and LISTEN kills for a while,
+    /// then an exactly-once check of every client; prints the figures for docs/reliability.md.
+    Soak(soak::Args),
 }
 
 #[derive(Subcommand)]
 enum Bench {
     /// pgbench inserts with no trigger, a PL/pgSQL pg_notify trigger, contrib's tcn, and threadcast.
     Trigger(bench_trigger::Args),
+    /// Commit-to-receive latency, RSS per idle stream, and fan-out at saturation, with the
+    /// broadcaster and a load generator as processes of their own.
+    Stream(bench_stream::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +58,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo(args) => demo::run(args),
         Task::Test => test::run(),
         Task::Bench(Bench::Trigger(args)) => bench_trigger::run(args),
+        Task::Bench(Bench::Stream(args)) => bench_stream::run(args),
+        Task::Soak(args) => soak::run(args),
     }
 }

@@ -42,12 +42,15 @@ impl std::str::FromStr for Case {
 pub async fn latency(
     target: Arc<Target>,
     db: &str,
+    pid: u32,
     cases: &[Case],
     events: u32,
     pause: Duration,
 ) -> Result<Value> {
     let mut results = Vec::new();
     for (n, case) in cases.iter().enumerate() {
+        // At least one event per thread, so that every thread's path is measured.
+        let events = events.max(case.threads);
         let first = 100_000 * (n as u64 + 1);
         let threads: Vec<Uuid> = (0..case.threads as u64)
             .map(|i| thread_id(first + i))
@@ -68,6 +71,10 @@ pub async fn latency(
         );
         // The writer waits on the fleet's counter from its own thread.
         let counts = fleet.counts.clone();
+        let (cpu0, own0) = (
+            procfs::cpu_seconds(pid)?,
+            procfs::cpu_seconds(std::process::id())?,
+        );
         let url = db.to_owned();
         let per_thread = case.per_thread as u64;
         let commits = writer::on_own_thread(move || async move {
@@ -92,6 +99,8 @@ pub async fn latency(
             Ok((commits, timeouts))
         })
         .await??;
+        let cpu = procfs::cpu_seconds(pid)? - cpu0;
+        let own_cpu = procfs::cpu_seconds(std::process::id())? - own0;
         let (commits, timeouts) = commits;
         let foreign = fleet.counts.foreign.load(Ordering::Relaxed);
         let ended = fleet.counts.ended.load(Ordering::Relaxed);
@@ -114,7 +123,12 @@ pub async fn latency(
             .collect();
         let expected = events as u64 * case.per_thread as u64;
         let summary = Summary::of(samples);
-        eprintln!("  {summary:?}, {early} before the commit returned, {timeouts} timeouts");
+        let per_receipt = |seconds: f64| seconds * 1e6 / summary.samples.max(1) as f64;
+        eprintln!(
+            "  {summary:?}, {early} before the commit returned, {timeouts} timeouts; CPU per receipt: broadcaster {:.1} µs, load generator {:.1} µs",
+            per_receipt(cpu),
+            per_receipt(own_cpu)
+        );
         results.push(json!({
             "threads": case.threads,
             "subscribers_per_thread": case.per_thread,
@@ -126,6 +140,8 @@ pub async fn latency(
             "timeouts": timeouts,
             "foreign": foreign,
             "streams_ended_by_server": ended,
+            "broadcaster_cpu_us_per_receipt": per_receipt(cpu),
+            "loadgen_cpu_us_per_receipt": per_receipt(own_cpu),
         }));
     }
     Ok(json!({ "latency": results }))
@@ -145,14 +161,16 @@ async fn steady_rss(pid: u32) -> Result<u64> {
     Ok(samples[1])
 }
 
-/// RSS with `counts` idle streams open, each on a thread of its own (the costlier case: every
-/// stream then has a thread task too), against RSS with none.
+/// RSS with `counts` idle streams open, `per_thread` on each thread (one each is the costlier
+/// case: every stream then has a thread task too), against RSS with none.
 pub async fn capacity(
     target: Arc<Target>,
     pid: u32,
     counts: &[usize],
+    per_thread: usize,
     settle: Duration,
 ) -> Result<Value> {
+    let per_thread = per_thread.max(1);
     let most = counts.iter().copied().max().unwrap_or(0);
     // Every stream is a socket here and one there; a few more descriptors for everything else.
     const SPARE: u64 = 200;
@@ -171,11 +189,11 @@ pub async fn capacity(
     for &wanted in counts {
         let n = wanted.min(reachable);
         if n > fleet.len() {
-            let threads: Vec<Uuid> = (fleet.len() as u64..n as u64)
-                .map(|i| thread_id(1_000_000 + i))
-                .collect();
             let started = Instant::now();
-            fleet.open(&target, &threads, fleet.len() as u32, 1);
+            for i in fleet.len()..n {
+                let thread = thread_id(1_000_000 + (i / per_thread) as u64);
+                fleet.open(&target, &[thread], i as u32, 1);
+            }
             let failed = fleet.wait_open("capacity").await;
             if failed > 0 {
                 let error = fleet.first_error.lock().unwrap().clone();
@@ -212,6 +230,7 @@ pub async fn capacity(
     Ok(json!({
         "capacity": {
             "rss0_bytes": rss0,
+            "streams_per_thread": per_thread,
             "points": points,
             "open_files_limit": { "loadgen_soft": own_soft, "loadgen_hard": own_hard, "broadcaster_soft": theirs },
             "streams_ended_by_server": ended,
@@ -325,7 +344,7 @@ pub async fn fanout(
     }))
 }
 
-/// Inserts into `threads` (round robin) at `rate` per second for `length`, from four connections
+/// Inserts into `threads` (round robin) at `rate` per second for `length`, from eight connections
 /// on an OS thread of their own; returns how many committed.
 async fn paced_inserts(
     db: &str,
@@ -333,7 +352,7 @@ async fn paced_inserts(
     rate: f64,
     length: Duration,
 ) -> Result<u64> {
-    const WRITERS: u64 = 4;
+    const WRITERS: u64 = 8;
     let url = db.to_owned();
     writer::on_own_thread(move || async move {
         let mut writers = Vec::new();

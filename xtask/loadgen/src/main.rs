@@ -57,6 +57,9 @@ enum Phase {
     Capacity {
         #[arg(long, value_delimiter = ',', default_value = "10000,50000")]
         counts: Vec<usize>,
+        /// Streams on each thread.
+        #[arg(long, default_value_t = 1)]
+        per_thread: usize,
         /// Seconds to let things settle before each measurement.
         #[arg(long, default_value_t = 3)]
         settle_secs: u64,
@@ -87,11 +90,31 @@ async fn main() -> Result<()> {
             cases,
             events,
             pause_ms,
-        } => bench::latency(target, db, &cases, events, Duration::from_millis(pause_ms)).await?,
+        } => {
+            bench::latency(
+                target,
+                db,
+                cli.pid,
+                &cases,
+                events,
+                Duration::from_millis(pause_ms),
+            )
+            .await?
+        }
         Phase::Capacity {
             counts,
+            per_thread,
             settle_secs,
-        } => bench::capacity(target, cli.pid, &counts, Duration::from_secs(settle_secs)).await?,
+        } => {
+            bench::capacity(
+                target,
+                cli.pid,
+                &counts,
+                per_thread,
+                Duration::from_secs(settle_secs),
+            )
+            .await?
+        }
         Phase::Fanout {
             threads,
             subscribers,

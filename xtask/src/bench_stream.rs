@@ -1,0 +1,245 @@
+//! `cargo xtask bench stream`: what the broadcaster does for its streams, measured in one run by
+//! a load generator in a process of its own. Commit-to-receive latency (one thread with 1, 100
+//! and 1,000 subscribers; 1,000 threads with one each), the RSS of idle streams, and fan-out at
+//! saturation with the CPU time it took. Prints the tables for docs/benchmarks.md.
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use crate::stack::{self, Stack};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Latency cases as THREADSxSUBSCRIBERS.
+    #[arg(long, default_value = "1x1,1x100,1x1000,1000x1")]
+    cases: String,
+    /// Events committed per latency case (at least one per thread).
+    #[arg(long, default_value_t = 300)]
+    events: u32,
+    /// Idle streams to measure RSS with.
+    #[arg(long, default_value = "10000,50000")]
+    counts: String,
+    /// Subscribers of the one thread in the fan-out measurement.
+    #[arg(long, default_value_t = 1000)]
+    fanout_subscribers: u32,
+    /// Seconds per fan-out step.
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+}
+
+/// The targets of issue 3, on a 2-core machine.
+const P99_TARGET_US: u64 = 5_000;
+const BYTES_PER_STREAM_TARGET: f64 = 8.0 * 1024.0;
+const STREAMS_TARGET: u64 = 50_000;
+
+pub fn run(args: Args) -> Result<()> {
+    let stack = Stack::up("bench-stream")?;
+    let machine = stack::machine();
+
+    // Capacity first, on a fresh broadcaster, so that RSS with no streams means what it says.
+    let most: usize = args
+        .counts
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .max()
+        .unwrap_or(0);
+    let broadcaster = stack.broadcaster(most + 1000)?;
+    let capacity = stack.loadgen(&broadcaster, &["capacity", "--counts", &args.counts])?;
+    broadcaster.stop()?;
+
+    let broadcaster = stack.broadcaster(10_000)?;
+    let latency = stack.loadgen(
+        &broadcaster,
+        &[
+            "latency",
+            "--cases",
+            &args.cases,
+            "--events",
+            &args.events.to_string(),
+        ],
+    )?;
+    let fanout = stack.loadgen(
+        &broadcaster,
+        &[
+            "fanout",
+            "--subscribers",
+            &args.fanout_subscribers.to_string(),
+            "--step-secs",
+            &args.step_secs.to_string(),
+        ],
+    )?;
+    broadcaster.stop()?;
+
+    eprintln!("broadcaster log: {}", stack.log_path().display());
+    println!("\n{machine}\n");
+    let verdicts = [
+        print_latency(&latency["latency"])?,
+        print_capacity(&capacity["capacity"])?,
+    ];
+    print_fanout(&fanout["fanout"])?;
+    println!();
+    for line in verdicts.iter().flatten() {
+        println!("- {line}");
+    }
+    Ok(())
+}
+
+fn ms(us: &Value) -> String {
+    format!("{:.2} ms", us.as_u64().unwrap_or(0) as f64 / 1000.0)
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn print_latency(cases: &Value) -> Result<Vec<String>> {
+    let Some(cases) = cases.as_array() else {
+        bail!("no latency results")
+    };
+    println!("Commit to event received (COMMIT returned in the writer -> frame read by the client, one monotonic clock)\n");
+    println!("| threads x subscribers | events | receipts | p50 | p99 | max | missing | CPU per receipt: broadcaster | load generator |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut verdicts = Vec::new();
+    for case in cases {
+        let l = &case["latency"];
+        println!(
+            "| {} x {} | {} | {} | {} | {} | {} | {} | {:.1} µs | {:.1} µs |",
+            thousands(case["threads"].as_u64().unwrap_or(0)),
+            thousands(case["subscribers_per_thread"].as_u64().unwrap_or(0)),
+            case["events"],
+            thousands(l["samples"].as_u64().unwrap_or(0)),
+            ms(&l["p50_us"]),
+            ms(&l["p99_us"]),
+            ms(&l["max_us"]),
+            case["missing"],
+            case["broadcaster_cpu_us_per_receipt"]
+                .as_f64()
+                .unwrap_or(0.0),
+            case["loadgen_cpu_us_per_receipt"].as_f64().unwrap_or(0.0),
+        );
+        if case["threads"] == 1 && case["subscribers_per_thread"] == 1000 {
+            let p99 = l["p99_us"].as_u64().unwrap_or(u64::MAX);
+            verdicts.push(format!(
+                "p99 at 1,000 subscribers: {} (target under 5 ms): {}",
+                ms(&l["p99_us"]),
+                if p99 < P99_TARGET_US {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            ));
+        }
+    }
+    println!();
+    Ok(verdicts)
+}
+
+fn print_capacity(capacity: &Value) -> Result<Vec<String>> {
+    let Some(points) = capacity["points"].as_array() else {
+        bail!("no capacity results")
+    };
+    let rss0 = capacity["rss0_bytes"].as_u64().unwrap_or(0);
+    println!("Idle streams, one thread each (broadcaster RSS from /proc/<pid>/status)\n");
+    println!("| idle streams | held | broadcaster RSS | bytes per stream |");
+    println!("|---:|---:|---:|---:|");
+    println!("| 0 | 0 | {:.1} MiB | |", rss0 as f64 / 1048576.0);
+    let mut verdicts = Vec::new();
+    let mut most_held = 0;
+    for p in points {
+        let held = p["held"].as_u64().unwrap_or(0);
+        most_held = most_held.max(held);
+        let note = if p["limited_by_open_files"] == true {
+            format!(
+                " (open-files limit: broadcaster {})",
+                capacity["open_files_limit"]["broadcaster_soft"]
+            )
+        } else if p["held"].is_null() {
+            format!(" ({})", p["error"])
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {}{note} | {:.1} MiB | {} |",
+            thousands(p["wanted"].as_u64().unwrap_or(0)),
+            thousands(held),
+            p["rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+            thousands(p["bytes_per_stream"].as_f64().unwrap_or(0.0) as u64),
+        );
+        if let Some(per) = p["bytes_per_stream"].as_f64() {
+            verdicts.push(format!(
+                "RSS per idle stream at {} streams: {} bytes (target at most 8 KiB = 8,192): {}",
+                thousands(held),
+                thousands(per as u64),
+                if per <= BYTES_PER_STREAM_TARGET {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            ));
+        }
+    }
+    verdicts.push(format!(
+        "concurrent streams held: {} (target 50,000): {}",
+        thousands(most_held),
+        if most_held >= STREAMS_TARGET {
+            "met".to_owned()
+        } else {
+            format!(
+                "NOT met here (open-files limits: broadcaster {}, load generator {} soft / {} hard)",
+                capacity["open_files_limit"]["broadcaster_soft"],
+                capacity["open_files_limit"]["loadgen_soft"],
+                capacity["open_files_limit"]["loadgen_hard"]
+            )
+        }
+    ));
+    println!(
+        "\nstreams the server ended while idle: {}\n",
+        capacity["streams_ended_by_server"]
+    );
+    Ok(verdicts)
+}
+
+fn print_fanout(fanout: &Value) -> Result<()> {
+    let Some(steps) = fanout["steps"].as_array() else {
+        bail!("no fan-out results")
+    };
+    println!(
+        "Fan-out: {} thread(s) x {} subscribers, writers at a rate that doubles each step\n",
+        fanout["threads"], fanout["subscribers_per_thread"]
+    );
+    println!("| inserts/s offered | inserts | events delivered/s | broadcaster CPU | CPU per event | load generator CPU | kept up |");
+    println!("|---:|---:|---:|---:|---:|---:|---|");
+    for s in steps {
+        let kept_up = s["drained"] == true && s["cut_off"] == 0;
+        println!(
+            "| {} | {} | {} | {:.2} cores | {:.2} µs | {:.2} cores | {} |",
+            s["offered_inserts_per_s"],
+            s["inserts"],
+            thousands(s["events_per_s"].as_f64().unwrap_or(0.0) as u64),
+            s["broadcaster_cpu_cores"].as_f64().unwrap_or(0.0),
+            s["broadcaster_cpu_us_per_event"].as_f64().unwrap_or(0.0),
+            s["loadgen_cpu_cores"].as_f64().unwrap_or(0.0),
+            if kept_up {
+                "yes".to_owned()
+            } else {
+                format!("no ({} cut off, drained {})", s["cut_off"], s["drained"])
+            }
+        );
+    }
+    let best = &fanout["best"];
+    println!(
+        "\nsaturation: {} events delivered/s at {:.2} broadcaster cores ({:.2} µs of CPU per event)",
+        thousands(best["events_per_s"].as_f64().unwrap_or(0.0) as u64),
+        best["broadcaster_cpu_cores"].as_f64().unwrap_or(0.0),
+        best["broadcaster_cpu_us_per_event"].as_f64().unwrap_or(0.0)
+    );
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `cargo xtask soak --minutes N`: the broadcaster under a steady, bounded load on loopback for a
+//! while (thousands of streams over many threads, writers at a steady rate, clients dropping and
+//! resuming with Last-Event-ID, the LISTEN connection killed now and then), then an exactly-once
+//! check of every client against the table. Not part of CI. Prints the figures for
+//! docs/reliability.md and fails if anything was lost or doubled.
+
+use anyhow::{bail, Result};
+
+use crate::stack::{self, Stack};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// How long the load runs (the final catch-up and checks come after).
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Streams open at once.
+    #[arg(long, default_value_t = 4000)]
+    streams: u32,
+    /// Threads the streams and writes spread over.
+    #[arg(long, default_value_t = 800)]
+    threads: u32,
+    /// Changes committed per second (5% of them delete a reply).
+    #[arg(long, default_value_t = 100.0)]
+    write_rate: f64,
+    /// Mean seconds a client stays connected before it drops and resumes.
+    #[arg(long, default_value_t = 60.0)]
+    disconnect_mean_secs: f64,
+    /// Seconds between two kills of the LISTEN connection.
+    #[arg(long, default_value_t = 30)]
+    kill_every_secs: u64,
+}
+
+/// RSS may drift this much between the first and the last fifth of the steady part of the run
+/// (allocator noise), and no more.
+const RSS_TOLERANCE: f64 = 0.05;
+
+pub fn run(args: Args) -> Result<()> {
+    if !(args.minutes > 0.0 && args.minutes <= 24.0 * 60.0) {
+        bail!("--minutes must be between 0 and 1440");
+    }
+    let stack = Stack::up("soak")?;
+    let machine = stack::machine();
+    let broadcaster = stack.broadcaster(args.streams as usize * 2)?;
+    let result = stack.loadgen(
+        &broadcaster,
+        &[
+            "soak",
+            "--minutes",
+            &args.minutes.to_string(),
+            "--streams",
+            &args.streams.to_string(),
+            "--threads",
+            &args.threads.to_string(),
+            "--write-rate",
+            &args.write_rate.to_string(),
+            "--disconnect-mean-secs",
+            &args.disconnect_mean_secs.to_string(),
+            "--kill-every-secs",
+            &args.kill_every_secs.to_string(),
+        ],
+    )?;
+    let stopped_in = broadcaster.stop()?;
+    let s = &result["soak"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let ms = |v: &serde_json::Value| format!("{:.2} ms", n(v) as f64 / 1000.0);
+
+    eprintln!("broadcaster log: {}", stack.log_path().display());
+    println!("\n{machine}\n");
+    println!(
+        "{} minutes, {} streams over {} threads, {} changes/s ({} inserts, {} deletes), {} LISTEN kills, {} connects ({} refused, {} cut off by the server)\n",
+        s["minutes"], s["streams"], s["threads"], s["write_rate"], n(&s["inserts"]), n(&s["deletes"]),
+        n(&s["listen_kills"]), n(&s["connects"]), n(&s["refused"]), n(&s["cut_off_by_server"]),
+    );
+    println!("| events delivered | lost | duplicated | out of order | other thread's | p50 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        n(&s["delivered"]),
+        n(&s["lost"]),
+        n(&s["duplicated"]),
+        n(&s["out_of_order"]),
+        n(&s["foreign"]),
+        ms(&s["latency"]["p50_us"]),
+        ms(&s["latency"]["p99_us"]),
+        ms(&s["latency"]["max_us"]),
+    );
+    println!("\nBroadcaster RSS over time (one sample a minute of the samples taken every 5 s)\n");
+    println!("| minute | streams connected | events delivered so far | RSS |");
+    println!("|---:|---:|---:|---:|");
+    let samples = s["rss"]["samples"].as_array().cloned().unwrap_or_default();
+    let mut next_minute = 0;
+    for sample in &samples {
+        let t = n(&sample["t_s"]);
+        if t >= next_minute * 60 {
+            println!(
+                "| {} | {} | {} | {:.1} MiB |",
+                t / 60,
+                n(&sample["connected"]),
+                n(&sample["delivered"]),
+                n(&sample["rss_bytes"]) as f64 / 1048576.0
+            );
+            next_minute = t / 60 + 1;
+        }
+    }
+    let first = s["rss"]["steady_first_fifth_mean_bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let last = s["rss"]["steady_last_fifth_mean_bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let steady = first > 0.0 && last <= first * (1.0 + RSS_TOLERANCE);
+    println!(
+        "\nsteady RSS: first fifth {:.1} MiB, last fifth {:.1} MiB ({:+.1}%): {}",
+        first / 1048576.0,
+        last / 1048576.0,
+        if first > 0.0 {
+            (last / first - 1.0) * 100.0
+        } else {
+            0.0
+        },
+        if steady {
+            "steady"
+        } else if first == 0.0 {
+            "run too short to tell"
+        } else {
+            "GROWING"
+        }
+    );
+    println!("broadcaster stopped {stopped_in:?} after SIGTERM");
+
+    let bad = n(&s["lost"])
+        + n(&s["duplicated"])
+        + n(&s["out_of_order"])
+        + n(&s["unexpected"])
+        + n(&s["foreign"]);
+    if bad > 0 {
+        bail!("the soak found lost, doubled, misordered or misdirected events");
+    }
+    if first > 0.0 && !steady {
+        bail!("the broadcaster's memory grew while connections were steady");
+    }
+    Ok(())
+}

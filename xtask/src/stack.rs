@@ -1,0 +1,262 @@
+//! The stack that `bench stream` and `soak` run against: the release build of the extension in a
+//! throwaway cluster, the release broadcaster as a process of its own on a loopback port, and the
+//! load generator (`xtask/loadgen`) as another process next to it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cluster::Cluster;
+use crate::cmd;
+use crate::setup::{self, PG_CONFIG};
+
+/// PostgreSQL with the extension and the feedback schema in database `threadcast`, and the
+/// release binaries.
+pub struct Stack {
+    pub cluster: Cluster,
+    pub url: String,
+    secret: String,
+    bin: PathBuf,
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::env::current_dir()
+            .map(|cwd| cwd.join(&dir))
+            .unwrap_or_else(|_| dir.into()),
+        None => cmd::repo().join("target"),
+    }
+}
+
+impl Stack {
+    /// Sets up, installs the release build of the extension, builds the release broadcaster and
+    /// load generator, and creates the cluster `name` with the database.
+    pub fn up(name: &str) -> Result<Stack> {
+        setup::run()?;
+        let repo = cmd::repo();
+        let mut install = Command::new("cargo");
+        install.current_dir(repo.join("pg_ext")).args([
+            "pgrx",
+            "install",
+            "--release",
+            "--pg-config",
+            PG_CONFIG,
+        ]);
+        if !cmd::is_root() {
+            install.arg("--sudo");
+        }
+        cmd::run(&mut install)?;
+        cmd::run(Command::new("cargo").current_dir(&repo).args([
+            "build",
+            "--release",
+            "-p",
+            "threadcast-broadcaster",
+            "-p",
+            "threadcast-loadgen",
+        ]))?;
+
+        // The writers' commits need not wait for the disk: what is measured starts when COMMIT
+        // returns, and a shared machine's disk would only make the write rate jitter.
+        let cluster = Cluster::create(
+            name,
+            &[("max_connections", "200"), ("synchronous_commit", "off")],
+        )?;
+        let db = "threadcast";
+        cluster.create_db(db)?;
+        cmd::output(cluster.psql(db).args(["-c", "CREATE EXTENSION threadcast"]))?;
+        cmd::output(cluster.psql(db).arg("-f").arg(repo.join("sql/schema.sql")))?;
+        Ok(Stack {
+            url: cluster.url(db),
+            cluster,
+            secret: format!("bench-secret-{}", std::process::id()),
+            bin: target_dir().join("release"),
+        })
+    }
+
+    /// Starts a fresh broadcaster allowing `max_connections` streams, and waits until it is ready.
+    pub fn broadcaster(&self, max_connections: usize) -> Result<Broadcaster> {
+        let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut command = Command::new(self.bin.join("threadcast-broadcaster"));
+        command
+            .env("DATABASE_URL", &self.url)
+            .env("THREADCAST_ADDR", addr.to_string())
+            .env("THREADCAST_JWT_SECRET", &self.secret)
+            .env("THREADCAST_MAX_CONNECTIONS", max_connections.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log()?);
+        // The broadcaster logs as deployed (info), unless an inherited RUST_LOG says otherwise,
+        // into broadcaster.log next to the cluster's postgres.log.
+        // SAFETY: only async-signal-safe calls (getrlimit/setrlimit) run between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                raise_open_files();
+                Ok(())
+            });
+        }
+        let child = command.spawn().context("cannot start the broadcaster")?;
+        let broadcaster = Broadcaster { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get_status(addr, "/readyz") != Some(200) {
+            if Instant::now() > deadline {
+                bail!("the broadcaster was not ready within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broadcaster)
+    }
+
+    /// Where the broadcasters log (each appends).
+    pub fn log_path(&self) -> PathBuf {
+        self.cluster.dir.join("broadcaster.log")
+    }
+
+    fn log(&self) -> Result<std::fs::File> {
+        let path = self.log_path();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))
+    }
+
+    /// Runs the load generator against `broadcaster` with `args`; returns the JSON it printed.
+    pub fn loadgen(&self, broadcaster: &Broadcaster, args: &[&str]) -> Result<serde_json::Value> {
+        let mut command = Command::new(self.bin.join("loadgen"));
+        command
+            .arg("--addr")
+            .arg(broadcaster.addr.to_string())
+            .arg("--pid")
+            .arg(broadcaster.pid().to_string())
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .env("THREADCAST_JWT_SECRET", &self.secret)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        // SAFETY: as above.
+        unsafe {
+            command.pre_exec(|| {
+                raise_open_files();
+                Ok(())
+            });
+        }
+        let out = command
+            .output()
+            .context("cannot start the load generator")?;
+        if !out.status.success() {
+            bail!("the load generator failed with {}", out.status);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.trim()).with_context(|| format!("load generator output: {text}"))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.cluster.stop();
+    }
+}
+
+/// The broadcaster process; dropping it stops it.
+pub struct Broadcaster {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Broadcaster {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, as an orchestrator would, then waits for the graceful shutdown; returns how
+    /// long it took.
+    pub fn stop(mut self) -> Result<Duration> {
+        let started = Instant::now();
+        // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = started + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("the broadcaster exited with {status}");
+                }
+                return Ok(started.elapsed());
+            }
+            if Instant::now() > deadline {
+                bail!("the broadcaster did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Broadcaster {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sets the soft open-files limit to the hard one: every stream is a descriptor on both sides.
+/// (Raising the hard limit itself needs CAP_SYS_RESOURCE.)
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// The status of `GET path` on `addr`, or None when it does not answer.
+fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// This machine, as the benchmark tables state it.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cpus} CPUs ({model}), {:.1} GiB memory, Linux {}, load average {} at the start",
+        mem_kib as f64 / (1024.0 * 1024.0),
+        kernel.trim(),
+        load.join(" ")
+    )
+}
