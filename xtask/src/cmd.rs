@@ -14,6 +14,16 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => std::env::current_dir()
+            .map(|cwd| cwd.join(&dir))
+            .unwrap_or_else(|_| dir.into()),
+        None => repo().join("target"),
+    }
+}
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -42,12 +42,24 @@ pub fn run(args: Args) -> Result<()> {
     cmd::output(cluster.psql(db).args(["-c", "CREATE EXTENSION threadcast"]))?;
     cmd::output(cluster.psql(db).arg("-f").arg(repo.join("sql/schema.sql")))?;
     cmd::output(cluster.psql(db).arg("-f").arg(repo.join("sql/demo.sql")))?;
+    // The broadcaster runs as its least-privilege role, as in production; reading thread titles
+    // is the demo page's extra.
+    cmd::output(cluster.psql(db).arg("-f").arg(repo.join("sql/roles.sql")))?;
+    cmd::output(cluster.psql(db).args([
+        "-c",
+        "GRANT SELECT ON public.feedback TO threadcast_broadcaster",
+    ]))?;
 
     let secret = format!("demo-secret-{}", std::process::id());
     let url = cluster.url(db);
-    let mut broadcaster = Command::new(repo.join("target/debug/threadcast-broadcaster"))
+    let broadcaster_url = format!(
+        "postgres://threadcast_broadcaster@127.0.0.1:{}/{db}",
+        cluster.port
+    );
+    let bin = cmd::target_dir().join("debug/threadcast-broadcaster");
+    let mut broadcaster = Command::new(&bin)
         .arg("--demo")
-        .env("DATABASE_URL", &url)
+        .env("DATABASE_URL", &broadcaster_url)
         .env("THREADCAST_ADDR", &args.addr)
         .env("THREADCAST_JWT_SECRET", &secret)
         .env(
@@ -58,7 +70,7 @@ pub fn run(args: Args) -> Result<()> {
         .context("cannot start the broadcaster")?;
 
     let token = cmd::output(
-        Command::new(repo.join("target/debug/threadcast-broadcaster"))
+        Command::new(&bin)
             .args(["token", "--feedback-id", DEMO_THREAD, "--ttl", "1h"])
             .env("THREADCAST_JWT_SECRET", &secret),
     )?;

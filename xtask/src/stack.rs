@@ -24,16 +24,6 @@ pub struct Stack {
     bin: PathBuf,
 }
 
-/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else the workspace's `target/`.
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => std::env::current_dir()
-            .map(|cwd| cwd.join(&dir))
-            .unwrap_or_else(|_| dir.into()),
-        None => cmd::repo().join("target"),
-    }
-}
-
 impl Stack {
     /// Sets up, installs the release build of the extension, builds the release broadcaster and
     /// load generator, and creates the cluster `name` with the database.
@@ -75,7 +65,7 @@ impl Stack {
             url: cluster.url(db),
             cluster,
             secret: format!("bench-secret-{}", std::process::id()),
-            bin: target_dir().join("release"),
+            bin: cmd::target_dir().join("release"),
         })
     }
 
