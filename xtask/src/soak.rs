@@ -71,19 +71,34 @@ pub fn run(args: Args) -> Result<()> {
         s["minutes"], s["streams"], s["threads"], s["write_rate"], n(&s["inserts"]), n(&s["deletes"]),
         n(&s["listen_kills"]), n(&s["connects"]), n(&s["refused"]), n(&s["cut_off_by_server"]),
     );
-    println!("| events delivered | lost | duplicated | out of order | other thread's | p50 | p99 | max |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| events delivered | lost | duplicated | out of order | other thread's |");
+    println!("|---:|---:|---:|---:|---:|");
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} |",
         n(&s["delivered"]),
         n(&s["lost"]),
         n(&s["duplicated"]),
         n(&s["out_of_order"]),
         n(&s["foreign"]),
-        ms(&s["latency"]["p50_us"]),
-        ms(&s["latency"]["p99_us"]),
-        ms(&s["latency"]["max_us"]),
     );
+    println!("\nCommit to receive, for events committed while their stream was connected\n");
+    println!("| events | receipts | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    for (what, l) in [
+        ("all", &s["latency"]),
+        (
+            "committed away from a LISTEN kill (not within 0.5 s before to 3 s after one)",
+            &s["latency_away_from_kills"],
+        ),
+    ] {
+        println!(
+            "| {what} | {} | {} | {} | {} |",
+            n(&l["samples"]),
+            ms(&l["p50_us"]),
+            ms(&l["p99_us"]),
+            ms(&l["max_us"])
+        );
+    }
     println!("\nBroadcaster RSS over time (one sample a minute of the samples taken every 5 s)\n");
     println!("| minute | streams connected | events delivered so far | RSS |");
     println!("|---:|---:|---:|---:|");

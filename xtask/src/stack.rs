@@ -19,7 +19,10 @@ use crate::setup::{self, PG_CONFIG};
 /// release binaries.
 pub struct Stack {
     pub cluster: Cluster,
+    /// A superuser's connection string, for the load generator's writers.
     pub url: String,
+    /// The broadcaster's: its least-privilege role from sql/roles.sql, as in production.
+    broadcaster_url: String,
     secret: String,
     bin: PathBuf,
 }
@@ -61,7 +64,12 @@ impl Stack {
         cluster.create_db(db)?;
         cmd::output(cluster.psql(db).args(["-c", "CREATE EXTENSION threadcast"]))?;
         cmd::output(cluster.psql(db).arg("-f").arg(repo.join("sql/schema.sql")))?;
+        cmd::output(cluster.psql(db).arg("-f").arg(repo.join("sql/roles.sql")))?;
         Ok(Stack {
+            broadcaster_url: format!(
+                "postgres://threadcast_broadcaster@127.0.0.1:{}/{db}",
+                cluster.port
+            ),
             url: cluster.url(db),
             cluster,
             secret: format!("bench-secret-{}", std::process::id()),
@@ -74,7 +82,7 @@ impl Stack {
         let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut command = Command::new(self.bin.join("threadcast-broadcaster"));
         command
-            .env("DATABASE_URL", &self.url)
+            .env("DATABASE_URL", &self.broadcaster_url)
             .env("THREADCAST_ADDR", addr.to_string())
             .env("THREADCAST_JWT_SECRET", &self.secret)
             .env("THREADCAST_MAX_CONNECTIONS", max_connections.to_string())

@@ -104,7 +104,13 @@ struct Shared {
     delivered: AtomicU64,
     /// (thread index, seq) -> when its COMMIT returned.
     commits: Mutex<HashMap<(u32, i64), Instant>>,
+    /// When the LISTEN connection was killed.
+    kills: Mutex<Vec<Instant>>,
 }
+
+/// Changes committed this long before or after a LISTEN kill count as committed around it: they
+/// reach their streams once the broadcaster has reconnected and read them from the table.
+const AROUND_A_KILL: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(3));
 
 pub async fn run(target: Arc<Target>, db: &str, pid: u32, args: Args) -> Result<Value> {
     procfs::raise_open_files(args.streams as u64 * 2 + 1000);
@@ -121,6 +127,7 @@ pub async fn run(target: Arc<Target>, db: &str, pid: u32, args: Args) -> Result<
         connected: AtomicU64::new(0),
         delivered: AtomicU64::new(0),
         commits: Mutex::new(HashMap::new()),
+        kills: Mutex::new(Vec::new()),
     });
     let started = Instant::now();
     let load_for = Duration::from_secs_f64(args.minutes * 60.0);
@@ -147,8 +154,8 @@ pub async fn run(target: Arc<Target>, db: &str, pid: u32, args: Args) -> Result<
             load_stop.clone(),
         );
         writer::on_own_thread(move || async move {
-            let writes = writes(shared, &url, &args, stop.clone());
-            let kills = kills(&url, args.kill_every_secs, stop);
+            let writes = writes(shared.clone(), &url, &args, stop.clone());
+            let kills = kills(&shared, &url, args.kill_every_secs, stop);
             let (writes, kills) = tokio::join!(writes, kills);
             Ok((writes?, kills?))
         })
@@ -400,7 +407,7 @@ async fn writes(
 
 /// Terminates the broadcaster's LISTEN backend every `every` seconds until `stop`; returns how
 /// many backends were terminated.
-async fn kills(url: &str, every: u64, stop: CancellationToken) -> Result<u64> {
+async fn kills(shared: &Shared, url: &str, every: u64, stop: CancellationToken) -> Result<u64> {
     let client = writer::connect(url).await?;
     let mut killed = 0;
     loop {
@@ -416,6 +423,7 @@ async fn kills(url: &str, every: u64, stop: CancellationToken) -> Result<u64> {
             )
             .await
             .context("terminate the LISTEN backend")?;
+        shared.kills.lock().unwrap().push(Instant::now());
         killed += row.get::<_, i64>(0) as u64;
     }
 }
@@ -433,6 +441,13 @@ fn check(
     kills: u64,
 ) -> Value {
     let commits = shared.commits.lock().unwrap();
+    let kill_times = shared.kills.lock().unwrap();
+    let around_a_kill = |at: Instant| {
+        kill_times
+            .iter()
+            .any(|&k| at + AROUND_A_KILL.0 >= k && at <= k + AROUND_A_KILL.1)
+    };
+    let mut calm = Vec::new();
     let (mut delivered, mut lost, mut duplicated, mut out_of_order, mut unexpected) =
         (0, 0, 0, 0, 0);
     let (mut foreign, mut connects, mut refused, mut cut_off) = (0, 0, 0, 0);
@@ -465,12 +480,17 @@ fn check(
             // came from the table on resume, and their age says nothing about latency.
             if let Some(&committed) = commits.get(&(log.thread, seq)) {
                 if committed >= joined {
-                    latencies.push(at.saturating_duration_since(committed));
+                    let latency = at.saturating_duration_since(committed);
+                    latencies.push(latency);
+                    if !around_a_kill(committed) {
+                        calm.push(latency);
+                    }
                 }
             }
         }
     }
     let latency = Summary::of(latencies);
+    let latency_away_from_kills = Summary::of(calm);
 
     // Memory once connections are steady: from the end of the first minute on.
     let rss: Vec<(u64, u64)> = samples
@@ -515,6 +535,7 @@ fn check(
             "unexpected": unexpected,
             "foreign": foreign,
             "latency": latency,
+            "latency_away_from_kills": latency_away_from_kills,
             "rss": {
                 "samples": samples,
                 "final_bytes": final_rss,
