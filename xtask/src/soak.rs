@@ -38,7 +38,9 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.minutes > 0.0 && args.minutes <= 24.0 * 60.0) {
         bail!("--minutes must be between 0 and 1440");
     }
-    let stack = Stack::up("soak")?;
+    // Durable commits (the default): a change a client saw must still be in the table if the
+    // database crashes and recovers during the soak.
+    let stack = Stack::up("soak", &[])?;
     let machine = stack::machine();
     let broadcaster = stack.broadcaster(args.streams as usize * 2)?;
     let result = stack.loadgen(
@@ -67,9 +69,10 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!("broadcaster log: {}", stack.log_path().display());
     println!("\n{machine}\n");
     println!(
-        "{} minutes, {} streams over {} threads, {} changes/s ({} inserts, {} deletes), {} LISTEN kills, {} connects ({} refused, {} cut off by the server)\n",
+        "{} minutes, {} streams over {} threads, {} changes/s ({} inserts, {} deletes), {} LISTEN kills, {} connects ({} refused, {} cut off by the server), {} failed database calls of the writers\n",
         s["minutes"], s["streams"], s["threads"], s["write_rate"], n(&s["inserts"]), n(&s["deletes"]),
         n(&s["listen_kills"]), n(&s["connects"]), n(&s["refused"]), n(&s["cut_off_by_server"]),
+        n(&s["database_errors"]),
     );
     println!("| events delivered | lost | duplicated | out of order | other thread's |");
     println!("|---:|---:|---:|---:|---:|");

@@ -29,8 +29,8 @@ pub struct Stack {
 
 impl Stack {
     /// Sets up, installs the release build of the extension, builds the release broadcaster and
-    /// load generator, and creates the cluster `name` with the database.
-    pub fn up(name: &str) -> Result<Stack> {
+    /// load generator, and creates the cluster `name` with the database and `settings`.
+    pub fn up(name: &str, settings: &[(&str, &str)]) -> Result<Stack> {
         setup::run()?;
         let repo = cmd::repo();
         let mut install = Command::new("cargo");
@@ -54,12 +54,9 @@ impl Stack {
             "threadcast-loadgen",
         ]))?;
 
-        // The writers' commits need not wait for the disk: what is measured starts when COMMIT
-        // returns, and a shared machine's disk would only make the write rate jitter.
-        let cluster = Cluster::create(
-            name,
-            &[("max_connections", "200"), ("synchronous_commit", "off")],
-        )?;
+        let mut all = vec![("max_connections", "200")];
+        all.extend_from_slice(settings);
+        let cluster = Cluster::create(name, &all)?;
         let db = "threadcast";
         cluster.create_db(db)?;
         cmd::output(cluster.psql(db).args(["-c", "CREATE EXTENSION threadcast"]))?;

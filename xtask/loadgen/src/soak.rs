@@ -106,6 +106,8 @@ struct Shared {
     commits: Mutex<HashMap<(u32, i64), Instant>>,
     /// When the LISTEN connection was killed.
     kills: Mutex<Vec<Instant>>,
+    /// Writes that failed (the database went away); the writer reconnects and carries on.
+    write_errors: AtomicU64,
 }
 
 /// Changes committed this long before or after a LISTEN kill count as committed around it: they
@@ -128,6 +130,7 @@ pub async fn run(target: Arc<Target>, db: &str, pid: u32, args: Args) -> Result<
         delivered: AtomicU64::new(0),
         commits: Mutex::new(HashMap::new()),
         kills: Mutex::new(Vec::new()),
+        write_errors: AtomicU64::new(0),
     });
     let started = Instant::now();
     let load_for = Duration::from_secs_f64(args.minutes * 60.0);
@@ -372,7 +375,7 @@ async fn writes(
     }
     let started = tokio::time::Instant::now();
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
-    let work = writers.into_iter().enumerate().map(|(w, writer)| {
+    let work = writers.into_iter().enumerate().map(|(w, mut writer)| {
         let (shared, stop, counts) = (shared.clone(), stop.clone(), counts.clone());
         let (rate, delete_share, threads) = (args.write_rate, args.delete_share, args.threads);
         async move {
@@ -386,15 +389,34 @@ async fn writes(
                 }
                 let t = (rng.next() % threads as u64) as u32;
                 let thread = shared.threads[t as usize];
-                if rng.unit() < delete_share {
-                    writer.delete_oldest(thread).await?;
-                    counts.1.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    let (seq, at) = writer.insert(thread).await?;
-                    shared.commits.lock().unwrap().insert((t, seq), at);
-                    counts.0.fetch_add(1, Ordering::Relaxed);
-                }
                 k += WRITERS as u64;
+                let wrote = if rng.unit() < delete_share {
+                    writer.delete_oldest(thread).await.map(|_| {
+                        counts.1.fetch_add(1, Ordering::Relaxed);
+                    })
+                } else {
+                    writer.insert(thread).await.map(|(seq, at)| {
+                        shared.commits.lock().unwrap().insert((t, seq), at);
+                        counts.0.fetch_add(1, Ordering::Relaxed);
+                    })
+                };
+                // A database that goes away (a restart, a crash) is a fault to ride through,
+                // not the end of the soak: whether the change committed, the final check reads
+                // from the table.
+                if let Err(error) = wrote {
+                    if shared.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("soak: a write failed ({error:#}); writers reconnect");
+                    }
+                    writer = loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return anyhow::Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                        if let Ok(writer) = Writer::connect(url).await {
+                            break writer;
+                        }
+                    };
+                }
             }
         }
     });
@@ -408,7 +430,7 @@ async fn writes(
 /// Terminates the broadcaster's LISTEN backend every `every` seconds until `stop`; returns how
 /// many backends were terminated.
 async fn kills(shared: &Shared, url: &str, every: u64, stop: CancellationToken) -> Result<u64> {
-    let client = writer::connect(url).await?;
+    let mut client = writer::connect(url).await?;
     let mut killed = 0;
     loop {
         tokio::select! {
@@ -421,10 +443,20 @@ async fn kills(shared: &Shared, url: &str, every: u64, stop: CancellationToken) 
                  WHERE application_name = 'threadcast-broadcaster'",
                 &[],
             )
-            .await
-            .context("terminate the LISTEN backend")?;
-        shared.kills.lock().unwrap().push(Instant::now());
-        killed += row.get::<_, i64>(0) as u64;
+            .await;
+        match row {
+            Ok(row) => {
+                shared.kills.lock().unwrap().push(Instant::now());
+                killed += row.get::<_, i64>(0) as u64;
+            }
+            // The database went away; try again next time round.
+            Err(_) => {
+                shared.write_errors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(again) = writer::connect(url).await {
+                    client = again;
+                }
+            }
+        }
     }
 }
 
@@ -524,6 +556,7 @@ fn check(
             "inserts": inserts,
             "deletes": deletes,
             "listen_kills": kills,
+            "database_errors": shared.write_errors.load(Ordering::Relaxed),
             "connects": connects,
             "refused": refused,
             "cut_off_by_server": cut_off,
