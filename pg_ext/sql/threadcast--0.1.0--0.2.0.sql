@@ -13,6 +13,9 @@
 -- Every enabled table is enabled again at the end, with its registered settings passed as
 -- values, so that its triggers take their new form.
 
+-- A function of sources' row type (a SQL-standard body) pins its columns; made again below.
+DROP FUNCTION @extschema@.thread_type(@extschema@.sources);
+
 -- threadcast.sources: written only by enable() and disable().
 DROP POLICY everyone_reads ON @extschema@.sources;
 DROP POLICY owners_insert ON @extschema@.sources;
@@ -82,7 +85,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION @extschema@.thread_type(s @extschema@.sources) RETURNS text
+CREATE FUNCTION @extschema@.thread_type(s @extschema@.sources) RETURNS text
     LANGUAGE sql STABLE STRICT PARALLEL SAFE
     RETURN (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a
              WHERE a.attrelid OPERATOR(pg_catalog.=) s.source AND a.attname OPERATOR(pg_catalog.=) s.thread_column);

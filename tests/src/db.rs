@@ -75,6 +75,19 @@ impl TestDb {
         }
     }
 
+    /// A database of the shared cluster that the caller has set up itself (no extension or
+    /// schema installed here).
+    pub async fn attach(name: &str) -> TestDb {
+        let cluster = Cluster::shared();
+        let admin_url = cluster.url(name, "postgres");
+        TestDb {
+            reader_url: cluster.url(name, READER_ROLE),
+            name: name.to_owned(),
+            client: connect(&admin_url).await,
+            admin_url,
+        }
+    }
+
     /// A new feedback thread; returns its id (the thread key).
     pub async fn create_thread(&self) -> Uuid {
         let row = self
