@@ -7,7 +7,7 @@ use pgrx::PgRelation;
 use crate::catalog::{self, NOTIFY_TRIGGER, SEQ_TRIGGER};
 
 /// The `application_name` the broadcaster sets on its LISTEN connection.
-const BROADCASTER_APP: &str = "threadcast-broadcaster";
+const BROADCASTER_APP: &str = threadcast_payload::APPLICATION_NAME;
 
 /// Queue usage above which NOTIFY is in danger (it fails when the queue is full).
 const QUEUE_WARN: f64 = 0.5;

@@ -71,7 +71,7 @@ fn enable(
     let (relid, table) = (tbl.oid, tbl.name.clone());
     check_table(&tbl);
 
-    if payload != "full" && payload != "keys" {
+    if payload.parse::<threadcast_payload::PayloadMode>().is_err() {
         bad_value(
             format!(
                 "threadcast: payload must be 'full' or 'keys', not {}",

@@ -274,7 +274,7 @@ fn notify<'a>(
     } = Fired::of(trigger);
     let thread_col = column(desc, &table, &thread_column);
     let id_col = column(desc, &table, &id_column);
-    let keys_only = mode == "keys";
+    let keys_only = mode == threadcast_payload::PayloadMode::Keys.as_str();
 
     let op = trigger.op().unwrap_or_else(|e| error!("threadcast: {e}"));
     let old = RawRow {

@@ -7,9 +7,14 @@
 //!
 //! The extension encodes with [`Payload::encode`]; the broadcaster and the tests decode with
 //! [`Payload::decode`]. Keeping both directions on one type means a change to the format is a
-//! compile error on both sides, not a silent mismatch.
+//! compile error on both sides, not a silent mismatch. The names both sides spell (the
+//! broadcaster's `application_name`, the payload modes, the kinds of change) are here too.
 
 use std::borrow::Cow;
+
+mod names;
+
+pub use names::{ChangeKind, PayloadMode, UnknownPayloadMode, APPLICATION_NAME};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
