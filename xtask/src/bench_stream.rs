@@ -25,6 +25,10 @@ pub struct Args {
     /// Seconds per fan-out step.
     #[arg(long, default_value_t = 5)]
     step_secs: u64,
+    /// Use the extension already installed in the PostgreSQL of `PG_BIN` (no set-up, no
+    /// `cargo pgrx install`).
+    #[arg(long)]
+    no_install: bool,
 }
 
 /// The targets of issue 3, on a 2-core machine.
@@ -35,7 +39,11 @@ const STREAMS_TARGET: u64 = 50_000;
 pub fn run(args: Args) -> Result<()> {
     // The writers' commits need not wait for the disk: what is measured starts when COMMIT
     // returns, and a shared machine's disk would only make the write rate jitter.
-    let stack = Stack::up("bench-stream", &[("synchronous_commit", "off")])?;
+    let stack = Stack::up(
+        "bench-stream",
+        &[("synchronous_commit", "off")],
+        !args.no_install,
+    )?;
     let machine = stack::machine();
 
     // Capacity first, on a fresh broadcaster, so that RSS with no streams means what it says.
