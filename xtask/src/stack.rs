@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -64,10 +64,22 @@ impl Stack {
         })
     }
 
-    /// Starts a fresh broadcaster allowing `max_connections` streams, and waits until it is ready.
+    /// Starts a fresh broadcaster of this build allowing `max_connections` streams, and waits
+    /// until it is ready.
     pub fn broadcaster(&self, max_connections: usize) -> Result<Broadcaster> {
+        self.broadcaster_from(&self.broadcaster_bin(), max_connections)
+    }
+
+    /// This build's release broadcaster.
+    pub fn broadcaster_bin(&self) -> PathBuf {
+        self.bin.join("threadcast-broadcaster")
+    }
+
+    /// Starts a fresh broadcaster from the binary `bin` allowing `max_connections` streams, and
+    /// waits until it is ready.
+    pub fn broadcaster_from(&self, bin: &Path, max_connections: usize) -> Result<Broadcaster> {
         let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut command = Command::new(self.bin.join("threadcast-broadcaster"));
+        let mut command = Command::new(bin);
         command
             .env("DATABASE_URL", &self.broadcaster_url)
             .env("THREADCAST_ADDR", addr.to_string())
@@ -85,7 +97,9 @@ impl Stack {
                 Ok(())
             });
         }
-        let child = command.spawn().context("cannot start the broadcaster")?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
         let broadcaster = Broadcaster { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
         while get_status(addr, "/readyz") != Some(200) {
