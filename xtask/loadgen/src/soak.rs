@@ -408,8 +408,8 @@ async fn kills(shared: &Shared, url: &str, every: u64, stop: CancellationToken) 
         let row = client
             .query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE application_name = 'threadcast-broadcaster'",
-                &[],
+                 WHERE application_name = $1",
+                &[&threadcast_payload::APPLICATION_NAME],
             )
             .await;
         match row {
