@@ -19,7 +19,7 @@ use axum::body::{Body, HttpBody};
 use axum::http::{header, response, Method, Request, Version};
 use axum::Router;
 use futures::{FutureExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +48,10 @@ pub(crate) enum Head {
 }
 
 /// Reads until the end of a request head (an empty line).
-pub(crate) async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Head> {
+pub(crate) async fn read_head(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> io::Result<Head> {
     buf.reserve(1024);
     loop {
         if buf.len() >= STREAM_HEAD_MAX {
@@ -378,5 +381,133 @@ mod tests {
         expected.extend_from_slice(&[b'x'; 26]);
         expected.extend_from_slice(b"\r\n");
         assert_eq!(out, expected);
+    }
+
+    /// A reader that hands out its bytes in the given pieces, one piece (at most) per read.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Splits `bytes` at the given cut points.
+    fn pieces(bytes: &[u8], cuts: &[usize]) -> Pieces {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = std::collections::VecDeque::new();
+        let mut from = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            if cut > from {
+                out.push_back(bytes[from..cut].to_vec());
+                from = cut;
+            }
+        }
+        Pieces(out)
+    }
+
+    fn read(bytes: &[u8], cuts: &[usize]) -> (Head, Vec<u8>) {
+        let mut reader = pieces(bytes, cuts);
+        let mut buf = Vec::new();
+        let head = futures::executor::block_on(read_head(&mut reader, &mut buf)).unwrap();
+        (head, buf)
+    }
+
+    /// Header names and values that a client might send (not the ones that need hyper).
+    fn header() -> impl Strategy<Value = (String, String)> {
+        (
+            prop::sample::select(vec![
+                "Host",
+                "Accept",
+                "Cookie",
+                "Last-Event-ID",
+                "X-Forwarded-For",
+                "Origin",
+            ]),
+            "[ -~&&[^\\r\\n]]{0,40}",
+        )
+            .prop_map(|(name, value)| (name.to_owned(), value.trim().to_owned()))
+    }
+
+    fn request(query: &str, headers: &[(String, String)]) -> String {
+        let mut head = format!("GET {STREAM_PATH}?{query} HTTP/1.1\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        head
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A stream request's head is read whole, however the network splits it, and is served
+        /// here with its target and headers intact.
+        #[test]
+        fn a_stream_request_is_read_whole_however_it_is_split(
+            query in "[a-zA-Z0-9=&%._-]{0,200}",
+            headers in prop::collection::vec(header(), 0..8),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let text = request(&query, &headers);
+            let (head, buf) = read(text.as_bytes(), &cuts);
+            prop_assert!(matches!(head, Head::Complete));
+            prop_assert_eq!(&buf[..], text.as_bytes());
+            let parsed = stream_request(&buf).expect("a clean stream request is served here");
+            prop_assert_eq!(parsed.uri().to_string(), format!("{STREAM_PATH}?{query}"));
+            for (name, value) in &headers {
+                prop_assert!(
+                    parsed.headers().get_all(name.as_str()).iter().any(|v| v == value.as_str()),
+                    "{name}: {value} kept"
+                );
+            }
+        }
+
+        /// Bytes without an end of head are never taken for a request: the read ends when the
+        /// client closes, or when the head would be too long for this path.
+        #[test]
+        fn without_an_empty_line_there_is_no_request(
+            bytes in prop::collection::vec(any::<u8>(), 0..20_000),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            prop_assume!(!bytes.windows(4).any(|w| w == b"\r\n\r\n"));
+            let (head, buf) = read(&bytes, &cuts);
+            match head {
+                Head::Closed => prop_assert_eq!(&buf[..], &bytes[..]),
+                Head::TooLong => prop_assert!(buf.len() >= STREAM_HEAD_MAX),
+                Head::Complete => prop_assert!(false, "no head in {} bytes", bytes.len()),
+            }
+        }
+
+        /// Whatever the bytes, the request reader answers (Some or None) without panicking, and
+        /// what it serves here is a GET of the stream path over HTTP/1.1 without a body.
+        #[test]
+        fn any_bytes_are_served_here_only_as_a_clean_stream_request(
+            bytes in prop::collection::vec(any::<u8>(), 0..2_000),
+            prefix in prop::sample::select(vec!["", "GET /api/widget/stream?", "GET /api/widget/stream HTTP/1.1\r\n"]),
+        ) {
+            let mut input = prefix.as_bytes().to_vec();
+            input.extend_from_slice(&bytes);
+            if let Some(request) = stream_request(&input) {
+                prop_assert_eq!(request.method(), Method::GET);
+                prop_assert_eq!(request.uri().path(), STREAM_PATH);
+                prop_assert_eq!(request.version(), Version::HTTP_11);
+                for name in ["content-length", "transfer-encoding", "upgrade", "expect"] {
+                    prop_assert!(!request.headers().contains_key(name));
+                }
+            }
+        }
     }
 }
