@@ -42,7 +42,7 @@ impl Table {
             name: pgrx::spi::quote_qualified_identifier(rel.namespace(), rel.name()),
             is_table: rel.is_table(),
             is_partitioned: rel.is_partitioned_table(),
-            replica_identity_full: replident == pg_sys::REPLICA_IDENTITY_FULL as u8,
+            replica_identity_full: replident == pg_sys::REPLICA_IDENTITY_FULL,
         }
         // `rel` is closed here; the AccessShareLock stays until the end of the transaction.
     }

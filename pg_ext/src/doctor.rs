@@ -4,7 +4,7 @@
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier as ident;
 use pgrx::PgRelation;
-use threadcast_payload::names::BROADCASTER_APPLICATION_NAME as BROADCASTER_APP;
+use threadcast_payload::names::APPLICATION_NAME as BROADCASTER_APP;
 
 use crate::catalog::{self, NOTIFY_TRIGGER, SEQ_TRIGGER, TRUNCATE_TRIGGER};
 use crate::owner::as_owner;

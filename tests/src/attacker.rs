@@ -4,8 +4,8 @@
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::cluster::Cluster;
 use crate::db::{connect, TestDb};
+use threadcast_harness::Cluster;
 
 pub struct Attacker {
     /// The role's name (cluster-wide, so unique per test).

@@ -4,7 +4,7 @@
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use crate::cluster::Cluster;
+use threadcast_harness::Cluster;
 
 /// The role the broadcaster connects as, created by `sql/roles.sql` exactly as in production: it
 /// may read and insert replies (`POST /api/widget/replies`) and nothing more.

@@ -10,9 +10,9 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::cluster::Cluster;
+use crate::cluster::{self, Cluster};
 use crate::cmd;
-use crate::setup::{self, PG_BIN, PG_CONFIG};
+use crate::setup::{self, PG_CONFIG};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -99,9 +99,9 @@ fn pgbench(
     args: &Args,
 ) -> Result<f64> {
     let out = cmd::output(
-        Command::new(format!("{PG_BIN}/pgbench"))
+        Command::new(threadcast_harness::cluster::pg_bin("pgbench"))
             .args(["-n", "-h", "127.0.0.1", "-U", "postgres", "-p"])
-            .arg(cluster.port.to_string())
+            .arg(cluster.port().to_string())
             .arg("-c")
             .arg(clients.to_string())
             .arg("-j")
@@ -141,18 +141,18 @@ pub fn run(args: Args) -> Result<()> {
             .current_dir(repo.join("pg_ext"))
             .args(["pgrx", "install", "--release", "--pg-config", PG_CONFIG]),
     )?;
-    let cluster = Cluster::create(
+    let cluster = cluster::create(
         "bench",
         &[("max_connections", "100"), ("shared_buffers", "256MB")],
     )?;
     let result = measure(&cluster, &args);
-    cluster.stop();
+    let _ = cluster.stop();
     result
 }
 
 fn measure(cluster: &Cluster, args: &Args) -> Result<()> {
     let tables = tables_sql()?;
-    let script = cluster.dir.join("insert.sql");
+    let script = cluster.dir().join("insert.sql");
     std::fs::write(&script, INSERT_SCRIPT)?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut consumers = Vec::new();
@@ -172,7 +172,7 @@ fn measure(cluster: &Cluster, args: &Args) -> Result<()> {
         if !trigger_sql.is_empty() {
             cmd::output(cluster.psql(&db).args(["-c", trigger_sql]))?;
         }
-        consumers.push(rt.block_on(consumer(cluster.url(&db)))?);
+        consumers.push(rt.block_on(consumer(cluster.uri(&db, "postgres")))?);
     }
 
     // tps[clients][setup] = one figure per run; set-ups interleave so that drift hits them alike.

@@ -9,7 +9,6 @@ use crate::cmd::{self, privileged};
 
 /// Debian's PostgreSQL 15: never a downloaded build.
 pub const PG_CONFIG: &str = "/usr/lib/postgresql/15/bin/pg_config";
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Must equal the pgrx pin in Cargo.toml: cargo-pgrx refuses a pgrx that differs from it.
 pub const PGRX_VERSION: &str = "0.18.0";

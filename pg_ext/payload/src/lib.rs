@@ -9,12 +9,16 @@
 //! [`Payload::verify`] accepts. Any role that can connect may NOTIFY on any channel, so an unsigned
 //! or badly signed payload is never trusted (see [`sign`]). [`Payload::decode`] checks the shape
 //! only, for tools and tests that inspect payloads. Keeping both directions on one type means a
-//! change to the format is a compile error on both sides, not a silent mismatch.
+//! change to the format is a compile error on both sides, not a silent mismatch. The names both
+//! sides spell (the broadcaster's `application_name`, the payload modes, the kinds of change) are
+//! in [`names`].
 
 pub mod names;
 pub mod sign;
 
 use std::borrow::Cow;
+
+pub use names::{ChangeKind, PayloadMode, UnknownPayloadMode, APPLICATION_NAME};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

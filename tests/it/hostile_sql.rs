@@ -3,6 +3,7 @@
 //! and NOTIFYs forged by a role that may only connect (NOTIFY needs no privilege at all).
 
 use std::time::Duration;
+use threadcast_payload::ChangeKind;
 
 use threadcast_payload::Payload;
 use threadcast_tests::db::{self, READER_ROLE};
@@ -210,7 +211,7 @@ async fn a_table_schema_columns_and_channel_that_need_quoting_are_served() {
     let received = live.events(5).await;
     assert_eq!(seqs(&received), [1, 2, 3, 4, 5]);
     assert_eq!(received[3].json()[r#"Body, "quoted""#], "one, edited");
-    assert_eq!(received[4].event, "delete");
+    assert_eq!(received[4].event, ChangeKind::Delete.as_str());
     assert_exactly_once_in(
         "the live stream",
         &received,

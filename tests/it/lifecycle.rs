@@ -1,5 +1,5 @@
-//! Lifecycle: an idle stream is kept alive with heartbeats, and shutdown ends every open stream
-//! promptly.
+//! Lifecycle: an idle stream is kept alive with heartbeats, and shutdown ends every open stream.
+//! (The `retry:` first frame is tested on the in-memory store: `broadcaster/tests/http/wire.rs`.)
 
 use std::time::{Duration, Instant};
 
@@ -28,22 +28,6 @@ async fn an_idle_stream_gets_a_heartbeat_every_interval() {
 }
 
 #[tokio::test]
-async fn a_stream_starts_with_a_retry_field() {
-    let db = TestDb::new().await;
-    let server = TestServer::start(&db).await;
-    let thread = db.create_thread().await;
-    let request = server
-        .http
-        .get(server.stream_url(thread, ""))
-        .bearer_auth(server.token(thread));
-    let mut stream = threadcast_tests::SseStream::open(request)
-        .await
-        .expect("open");
-
-    assert_eq!(stream.next_item().await, Some(SseItem::Retry(2000)));
-}
-
-#[tokio::test]
 async fn shutdown_ends_every_open_stream_promptly() {
     let db = TestDb::new().await;
     let server = TestServer::start(&db).await;
@@ -53,12 +37,9 @@ async fn shutdown_ends_every_open_stream_promptly() {
     db.insert_reply(a, "before shutdown").await;
     busy.next_event().await;
 
-    let took = server.stop().await;
+    // `stop` waits for the serve task with a deadline, and says so if it passes.
+    server.stop().await;
 
-    assert!(
-        took < Duration::from_secs(3),
-        "the broadcaster stopped in {took:?}"
-    );
     assert!(
         busy.rest().await.is_empty(),
         "the busy stream ends with nothing more"

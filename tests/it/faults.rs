@@ -119,7 +119,7 @@ async fn a_database_restart_during_a_burst_from_several_writers_loses_and_double
     let burst = Burst::start(&db, &threads, 4, Duration::from_millis(10));
     burst.wait_for_more(40).await;
 
-    tokio::task::block_in_place(|| cluster.restart());
+    tokio::task::block_in_place(|| cluster.restart()).expect("restart the database");
     burst.wait_for_more(80).await;
     let retries = burst.finish().await;
 
@@ -143,12 +143,12 @@ async fn a_database_restart_keeps_streams_open_and_loses_nothing() {
 
     // Committed right before the server goes down: its notification may never be delivered.
     db.insert_reply(thread, "just before the stop").await;
-    tokio::task::block_in_place(|| cluster.stop());
+    tokio::task::block_in_place(|| cluster.stop()).expect("stop the database");
     eventually("/readyz to report the lost connection", || async {
         server.readyz().await == 503
     })
     .await;
-    tokio::task::block_in_place(|| cluster.start_again());
+    tokio::task::block_in_place(|| cluster.start_again()).expect("start the database again");
     eventually("the broadcaster to listen again", || async {
         server.readyz().await == 200
     })

@@ -3,59 +3,48 @@
 //! behind.
 //!
 //! The extension numbers each thread's changes 1, 2, 3, ... without holes, so the task only needs
-//! the last seq it forwarded: a notification for anything but the next number means notifications
-//! were missed, and `threadcast.changes(after = last, until = seq)` brings back what they carried.
+//! the last seq it forwarded (its [`Cursor`]): a notice for anything but the next number means
+//! notifications were missed, and `Store::changes(after = last, until = seq)` brings back what
+//! they carried.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::oneshot;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::backoff::Backoff;
-use crate::fetch::{self, FetchError, PAGE_ROWS};
-use crate::hub::{Hub, ThreadContext};
-use crate::queue::{self, TrySendError};
+use super::cursor::{Cursor, Pages};
+use super::msg::{Notice, NoticeBody, ThreadMsg};
+use super::queue::{self, TrySendError};
+use super::registry::Registry;
+use super::trust;
+use crate::metrics::Metrics;
 use crate::sse::Event;
+use crate::store::{Store, StoreError};
 
-/// A message to a thread's task. Order matters: the hub sends them under one lock.
-pub(crate) enum ThreadMsg {
-    Notice(Notice),
-    Subscribe {
-        id: u64,
-        events: queue::Sender<Event>,
-        joined: oneshot::Sender<i64>,
-    },
-    Unsubscribe(u64),
-    /// Notifications may have been lost (the LISTEN connection was down): read the table.
-    Resync,
-}
-
-/// One notification of this thread.
-pub(crate) struct Notice {
-    pub seq: i64,
-    pub body: NoticeBody,
-}
-
-pub(crate) enum NoticeBody {
-    /// The event, rendered from the payload.
-    Ready(Event),
-    /// The payload left the row out; it must be read from the table.
-    Fetch,
+/// What every thread task needs, shared.
+pub(crate) struct ThreadContext {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+    pub subscriber_buffer: usize,
+    /// Rows per table read.
+    pub page_rows: i32,
+    pub max_backoff: Duration,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
 }
 
 /// Starts the task of `thread` and returns its inbox.
-pub(crate) fn spawn(
-    hub: Hub,
-    ctx: Arc<ThreadContext>,
-    thread: Arc<str>,
-) -> queue::Sender<ThreadMsg> {
+pub(crate) fn spawn(ctx: Arc<ThreadContext>, thread: Arc<str>) -> queue::Sender<ThreadMsg> {
     let (tx, inbox) = queue::queue(None);
     let task = ThreadTask {
-        hub,
         ctx: ctx.clone(),
         thread,
         inbox,
-        last: 0,
+        cursor: Cursor::default(),
         subscribers: Vec::new(),
     };
     ctx.tasks.spawn(task.run());
@@ -63,12 +52,11 @@ pub(crate) fn spawn(
 }
 
 struct ThreadTask {
-    hub: Hub,
     ctx: Arc<ThreadContext>,
     thread: Arc<str>,
     inbox: queue::Receiver<ThreadMsg>,
     /// The last seq forwarded (or known to have nothing left to forward).
-    last: i64,
+    cursor: Cursor,
     subscribers: Vec<(u64, queue::Sender<Event>)>,
 }
 
@@ -80,16 +68,13 @@ impl ThreadTask {
         // Changes up to the baseline are the table's business (catch-up); every later one is
         // forwarded. Notifications queued meanwhile wait in the inbox.
         // Table reads are boxed here and below: a task lives as long as its thread has
-        // subscribers, and would otherwise keep room for a query's state all that time.
+        // subscribers (with one subscriber per thread, as long as a stream), and would otherwise
+        // keep room for a read's state all that time.
         let (ctx, thread) = (self.ctx.clone(), self.thread.clone());
-        let Some(baseline) = Box::pin(retry(&ctx, || {
-            fetch::current_seq(&ctx.pool, &ctx.source, &thread)
-        }))
-        .await
-        else {
+        let Some(baseline) = Box::pin(retry(&ctx, || ctx.store.current_seq(&thread))).await else {
             return;
         };
-        self.last = baseline;
+        self.cursor = Cursor::at(baseline);
         tracing::debug!(baseline, "thread task started");
         loop {
             let msg = tokio::select! {
@@ -100,7 +85,7 @@ impl ThreadTask {
             let carry_on = match msg {
                 ThreadMsg::Notice(notice) => self.on_notice(notice).await,
                 ThreadMsg::Subscribe { id, events, joined } => {
-                    if joined.send(self.last).is_ok() {
+                    if joined.send(self.cursor.last()).is_ok() {
                         self.subscribers.push((id, events));
                     }
                     true
@@ -110,11 +95,15 @@ impl ThreadTask {
                     true
                 }
                 ThreadMsg::Resync => {
-                    let before = self.last;
+                    let before = self.cursor.last();
                     let done = Box::pin(self.fill(None)).await;
-                    if self.last > before {
-                        self.ctx.metrics.gap_fills.increment(1);
-                        tracing::info!(from = before, to = self.last, "caught up after reconnect");
+                    if self.cursor.last() > before {
+                        self.ctx.metrics.gap_fills.inc();
+                        tracing::info!(
+                            from = before,
+                            to = self.cursor.last(),
+                            "caught up after reconnect"
+                        );
                     }
                     done
                 }
@@ -122,105 +111,76 @@ impl ThreadTask {
             if !carry_on {
                 return;
             }
-            if self.subscribers.is_empty() && self.hub.retire(&self.thread, &self.inbox) {
+            if self.subscribers.is_empty() && self.ctx.registry.retire(&self.thread, &self.inbox) {
                 tracing::debug!("thread task retired");
                 return;
             }
         }
     }
 
-    /// Forwards one notification, or repairs from the table what it cannot carry. Returns false
-    /// on shutdown.
+    /// Forwards one notice, or repairs from the table what it cannot carry. Returns false on
+    /// shutdown.
     async fn on_notice(&mut self, notice: Notice) -> bool {
-        if notice.seq <= self.last {
+        let last = self.cursor.last();
+        if notice.seq <= last {
             // Already delivered by a repair or a resync.
             return true;
         }
-        let next = notice.seq == self.last + 1;
+        let next = notice.seq == last + 1;
         match notice.body {
             NoticeBody::Ready(event) if next => {
-                self.last = notice.seq;
+                self.cursor.advance(notice.seq);
                 self.forward(event);
                 true
             }
-            body => {
+            _ => {
                 if next {
-                    self.ctx.metrics.row_fetches.increment(1);
+                    self.ctx.metrics.row_fetches.inc();
                 } else {
-                    self.ctx.metrics.gap_fills.increment(1);
+                    self.ctx.metrics.gap_fills.inc();
                     tracing::info!(
-                        last = self.last,
+                        last,
                         seq = notice.seq,
                         "hole in the sequence; reading the table"
                     );
                 }
-                // The notice's own row is read with the rest: the table has the row's current state
-                // at its current seq, which keeps every subscriber on one order.
-                drop(body);
+                // The notice's own row is read with the rest: the table has the row's current
+                // state at its current seq, which keeps every subscriber on one order.
                 Box::pin(self.fill(Some(notice.seq))).await
             }
         }
     }
 
-    /// Forwards every change with `last < seq <= until` from the table, paging, then records
-    /// `until` as forwarded (a seq that is not in the table any more belonged to a row that has
-    /// since been updated to a higher seq, which will be forwarded then). Returns false on
-    /// shutdown.
+    /// Forwards every change after the cursor up to `until` (None: up to the end) from the
+    /// table, then counts `until` as forwarded (a seq that is not in the table any more belonged
+    /// to a row since updated to a higher seq, forwarded then). Returns false on shutdown.
     async fn fill(&mut self, until: Option<i64>) -> bool {
         let ctx = self.ctx.clone();
         let thread = self.thread.clone();
-        // A notification arrives only after its change committed, so its number is at most the
-        // thread's counter, read now. A higher one was forged (NOTIFY needs no privilege):
-        // recording it as forwarded would drop every real change up to it.
         let until = match until {
-            Some(until) => {
-                let Some(current) =
-                    retry(&ctx, || fetch::current_seq(&ctx.pool, &ctx.source, &thread)).await
-                else {
+            Some(claimed) => {
+                let Some(current) = retry(&ctx, || ctx.store.current_seq(&thread)).await else {
                     return false;
                 };
-                if until > current {
-                    tracing::warn!(
-                        seq = until,
-                        current,
-                        "ignoring a notification for a number the thread has not handed out"
-                    );
-                }
-                Some(until.min(current))
+                Some(trust::bound(claimed, current))
             }
             None => None,
         };
-        if until.is_some_and(|until| until <= self.last) {
-            return true;
-        }
-        loop {
-            let after = self.last;
-            let Some(page) = retry(&ctx, || {
-                fetch::changes(&ctx.pool, &ctx.source, &thread, after, until)
-            })
-            .await
-            else {
+        let mut pages = Pages::new(thread, self.cursor.last(), until, ctx.page_rows);
+        while !pages.is_done() {
+            let Some(page) = retry(&ctx, || pages.read(&*ctx.store)).await else {
                 return false;
             };
-            let full = page.len() >= PAGE_ROWS as usize;
-            tracing::debug!(
-                after,
-                ?until,
-                rows = page.len(),
-                "read changes from the table"
-            );
-            for change in page {
-                if change.seq > self.last {
-                    self.last = change.seq;
+            tracing::debug!(rows = page.len(), ?until, "read changes from the table");
+            for change in &page {
+                if self.cursor.advance(change.seq) {
                     self.forward(change.event());
                 }
             }
-            if !full || self.last == after {
-                break;
-            }
+            pages.advance(&page);
         }
         if let Some(until) = until {
-            self.last = self.last.max(until);
+            self.cursor.skip_to(until);
         }
         true
     }
@@ -233,7 +193,7 @@ impl ThreadTask {
             .retain(|(_, tx)| match tx.try_send(event.clone()) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
-                    metrics.slow_consumer_disconnects.increment(1);
+                    metrics.slow_consumer_disconnects.inc();
                     tracing::info!(seq = event.seq, "subscriber too slow; disconnected");
                     false
                 }
@@ -242,13 +202,24 @@ impl ThreadTask {
     }
 }
 
+/// Exponential backoff from 100 ms up to `max`, with jitter: after a database restart, thousands
+/// of thread tasks retry spread out rather than in step.
+pub(crate) fn backoff(max: Duration) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max.max(Duration::from_millis(100)))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Runs `attempt` until it succeeds, backing off between failures; None on shutdown.
 async fn retry<T, F, Fut>(ctx: &ThreadContext, mut attempt: F) -> Option<T>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, FetchError>>,
+    Fut: Future<Output = Result<T, StoreError>>,
 {
-    let mut backoff = Backoff::new(std::time::Duration::from_millis(100), ctx.max_backoff);
+    let mut delays = backoff(ctx.max_backoff);
     loop {
         let result = tokio::select! {
             _ = ctx.shutdown.cancelled() => return None,
@@ -257,7 +228,7 @@ where
         match result {
             Ok(value) => return Some(value),
             Err(error) => {
-                let delay = backoff.next_delay();
+                let delay = delays.next().unwrap_or(ctx.max_backoff);
                 tracing::warn!(error = %crate::error::chain(&error), ?delay, "reading the table failed; retrying");
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => return None,
@@ -265,5 +236,26 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let max = Duration::from_millis(800);
+        let delays: Vec<Duration> = backoff(max).take(8).collect();
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200));
+        assert!(
+            delays.iter().all(|d| *d < max * 2),
+            "jitter adds less than the delay itself: {delays:?}"
+        );
+        let runs: Vec<Vec<Duration>> = (0..4).map(|_| backoff(max).take(6).collect()).collect();
+        assert!(
+            runs.windows(2).any(|w| w[0] != w[1]),
+            "two tasks do not back off in lockstep: {runs:?}"
+        );
     }
 }

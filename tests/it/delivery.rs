@@ -2,6 +2,7 @@
 //! no other thread's stream.
 
 use std::collections::HashSet;
+use threadcast_payload::{ChangeKind, PayloadMode};
 
 use threadcast_tests::{seqs, TestDb, TestServer};
 
@@ -15,7 +16,7 @@ async fn a_reply_reaches_an_open_stream_as_a_reply_event() {
     let reply = db.insert_reply(thread, "hello").await;
 
     let event = stream.next_event().await;
-    assert_eq!(event.event, "reply");
+    assert_eq!(event.event, ChangeKind::Reply.as_str());
     assert_eq!(event.seq(), 1, "the first change of a thread has seq 1");
     let row = event.json();
     assert_eq!(row["id"], reply.to_string());
@@ -122,14 +123,14 @@ async fn an_update_arrives_as_a_reply_with_a_new_seq_and_a_delete_as_a_delete_ev
     assert_eq!(seqs(&events), [1, 2, 3]);
     assert_eq!(
         (events[1].event.as_str(), events[1].content()),
-        ("reply", "edited".to_owned())
+        (ChangeKind::Reply.as_str(), "edited".to_owned())
     );
     assert_eq!(
         events[1].json()["id"],
         reply.to_string(),
         "the update carries the same row"
     );
-    assert_eq!(events[2].event, "delete");
+    assert_eq!(events[2].event, ChangeKind::Delete.as_str());
     assert_eq!(
         events[2].json(),
         serde_json::json!({ "id": reply.to_string() })
@@ -201,7 +202,7 @@ async fn a_keys_only_source_on_its_own_channel_still_delivers_whole_rows() {
         .unwrap();
     assert_eq!(
         (row.get::<_, String>(0), row.get::<_, String>(1)),
-        ("replies".into(), "keys".into())
+        ("replies".into(), PayloadMode::Keys.as_str().into())
     );
     let server = TestServer::start(&db).await;
     let thread = db.create_thread().await;
@@ -215,8 +216,8 @@ async fn a_keys_only_source_on_its_own_channel_still_delivers_whole_rows() {
 
     assert_eq!(
         (inserted.event.as_str(), inserted.content()),
-        ("reply", "read from the table".to_owned())
+        (ChangeKind::Reply.as_str(), "read from the table".to_owned())
     );
-    assert_eq!(deleted.event, "delete");
+    assert_eq!(deleted.event, ChangeKind::Delete.as_str());
     assert_eq!((inserted.seq(), deleted.seq()), (1, 2));
 }

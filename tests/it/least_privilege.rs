@@ -4,6 +4,7 @@
 //! role too: `TestDb` loads `sql/roles.sql`.)
 
 use std::collections::BTreeSet;
+use threadcast_payload::{ChangeKind, APPLICATION_NAME};
 
 use serde_json::json;
 use threadcast_tests::db::{self, READER_ROLE};
@@ -159,8 +160,8 @@ async fn a_broadcaster_connected_as_that_role_streams_resumes_fetches_and_stores
         .client
         .query(
             "SELECT DISTINCT usename::text FROM pg_stat_activity
-              WHERE datname = current_database() AND application_name LIKE 'threadcast-broadcaster%'",
-            &[],
+              WHERE datname = current_database() AND application_name LIKE $1 || '%'",
+            &[&APPLICATION_NAME],
         )
         .await
         .unwrap()
@@ -192,6 +193,6 @@ async fn a_keys_only_source_is_served_with_the_same_role() {
     let deleted = live.next_event().await;
 
     assert_eq!(inserted.content(), "read from the table");
-    assert_eq!(deleted.event, "delete");
+    assert_eq!(deleted.event, ChangeKind::Delete.as_str());
     assert_exactly_once("the live stream", &[inserted, deleted], &db, thread).await;
 }

@@ -207,7 +207,7 @@ async fn demo_server(db: &TestDb) -> TestServer {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_committed_with_sql_appears_in_both_panes_within_one_second() {
+async fn a_reply_committed_with_sql_appears_in_both_panes() {
     let db = TestDb::new().await;
     let server = demo_server(&db).await;
     let thread = db.create_thread().await;
@@ -218,22 +218,10 @@ async fn a_reply_committed_with_sql_appears_in_both_panes_within_one_second() {
     page.wait_for_reply(earlier, ARRIVAL).await;
 
     for i in 0..3 {
-        // From before the INSERT: the bound covers the commit itself too.
-        let committing = Instant::now();
+        // A deadline, not a latency bound: how fast a reply arrives is measured by
+        // `cargo xtask bench stream`, on a machine that is not also compiling.
         let id = db.insert_reply(thread, &format!("from SQL {i}")).await;
-        let condition = both_show(id);
-        while !page.browser.eval::<bool>(&format!("!!({condition})")).await {
-            assert!(
-                committing.elapsed() < Duration::from_secs(1),
-                "reply {i} was not in both panes within one second of its commit"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let took = committing.elapsed();
-        assert!(
-            took < Duration::from_secs(1),
-            "reply {i} took {took:?} from commit to both panes"
-        );
+        page.wait_for_reply(id, ARRIVAL).await;
     }
     assert_both_panes_show(
         &page,
