@@ -11,6 +11,7 @@ mod demo;
 mod dockerfile_pins;
 mod extension_delivery;
 mod faults;
+mod forged;
 mod hostile_http;
 mod hostile_sql;
 mod least_privilege;

@@ -88,6 +88,19 @@ impl TestDb {
         }
     }
 
+    /// The keys that sign notifications, as the broadcaster reads them.
+    pub async fn keys(&self) -> threadcast_payload::KeyRing {
+        let rows = self
+            .client
+            .query("SELECT kid, secret FROM threadcast.keys", &[])
+            .await
+            .expect("read threadcast.keys");
+        threadcast_payload::KeyRing::new(rows.iter().map(|r| {
+            threadcast_payload::Key::from_row(r.get::<_, i32>(0) as u32, r.get::<_, &[u8]>(1))
+                .expect("a 32-byte key")
+        }))
+    }
+
     /// A new feedback thread; returns its id (the thread key).
     pub async fn create_thread(&self) -> Uuid {
         let row = self
