@@ -16,6 +16,7 @@ mod hostile_http;
 mod hostile_sql;
 mod least_privilege;
 mod lifecycle;
+mod replicas;
 mod replies;
 mod resume;
 mod service;

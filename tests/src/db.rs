@@ -78,7 +78,11 @@ impl TestDb {
     /// A database of the shared cluster that the caller has set up itself (no extension or
     /// schema installed here).
     pub async fn attach(name: &str) -> TestDb {
-        let cluster = Cluster::shared();
+        TestDb::attach_in(Cluster::shared(), name).await
+    }
+
+    /// [`TestDb::attach`] for a database of `cluster`.
+    pub async fn attach_in(cluster: &Cluster, name: &str) -> TestDb {
         let admin_url = cluster.url(name, "postgres");
         TestDb {
             reader_url: cluster.url(name, READER_ROLE),
