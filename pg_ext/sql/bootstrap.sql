@@ -47,7 +47,10 @@ CREATE TABLE @extschema@.sources (
     enabled_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- Whether enable() created the (thread, seq) unique index, so that disable() drops it. The
     -- index itself is found in the catalog, never named by a value stored here.
-    owns_index    boolean NOT NULL DEFAULT false
+    owns_index    boolean NOT NULL DEFAULT false,
+    -- 'transaction': each writer's commit NOTIFYs; 'batched': a background worker does, in
+    -- batches, so that writers never take NOTIFY's commit lock.
+    delivery      text NOT NULL DEFAULT 'transaction' CHECK (delivery IN ('transaction', 'batched'))
 );
 COMMENT ON TABLE @extschema@.sources IS 'Tables whose changes threadcast numbers and announces; written by threadcast.enable()';
 
@@ -278,17 +281,17 @@ CREATE FUNCTION @extschema@.signing_key() RETURNS bytea
 
 CREATE FUNCTION @extschema@.register_source(
     src oid, thread_column text, seq_column text, id_column text, channel text,
-    payload text, owns_index boolean) RETURNS void
+    payload text, owns_index boolean, delivery text) RETURNS void
     LANGUAGE sql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     INSERT INTO @extschema@.sources AS s
-           (source, thread_column, seq_column, id_column, channel, payload, owns_index)
-    VALUES (src::pg_catalog.regclass, thread_column, seq_column, id_column, channel, payload, owns_index)
+           (source, thread_column, seq_column, id_column, channel, payload, owns_index, delivery)
+    VALUES (src::pg_catalog.regclass, thread_column, seq_column, id_column, channel, payload, owns_index, delivery)
     ON CONFLICT (source) DO UPDATE SET thread_column = excluded.thread_column,
         seq_column = excluded.seq_column, id_column = excluded.id_column,
         channel = excluded.channel, payload = excluded.payload,
-        owns_index = excluded.owns_index OR s.owns_index;
+        owns_index = excluded.owns_index OR s.owns_index, delivery = excluded.delivery;
 END;
 
 CREATE FUNCTION @extschema@.unregister_source(src oid) RETURNS void

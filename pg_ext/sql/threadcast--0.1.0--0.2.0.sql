@@ -9,6 +9,8 @@
 -- - Notifications are signed (payload version 2) with a key in threadcast.keys.
 -- - Counters and tombstones show a role only the threads it can see under the table's RLS.
 -- - TRUNCATE announces a reset per thread; repair() and doctor() handle promoted replicas.
+-- - enable(..., delivery => 'batched'): a background worker announces changes in batches, so
+--   that writers never take NOTIFY's commit lock (needs shared_preload_libraries).
 --
 -- Every enabled table is enabled again at the end, with its registered settings passed as
 -- values, so that its triggers take their new form.
@@ -28,6 +30,8 @@ ALTER TABLE @extschema@.sources ADD COLUMN owns_index boolean NOT NULL DEFAULT f
 -- to anything under 0.1.0, is never read.
 UPDATE @extschema@.sources SET owns_index = seq_index IS NOT NULL;
 ALTER TABLE @extschema@.sources DROP COLUMN seq_index;
+ALTER TABLE @extschema@.sources ADD COLUMN delivery text NOT NULL DEFAULT 'transaction'
+    CHECK (delivery IN ('transaction', 'batched'));
 
 -- Counters and tombstones: readable through RLS by thread visibility, written by helpers only.
 DROP POLICY owners_all ON @extschema@.counters;
@@ -208,17 +212,17 @@ CREATE FUNCTION @extschema@.signing_key() RETURNS bytea
 
 CREATE FUNCTION @extschema@.register_source(
     src oid, thread_column text, seq_column text, id_column text, channel text,
-    payload text, owns_index boolean) RETURNS void
+    payload text, owns_index boolean, delivery text) RETURNS void
     LANGUAGE sql VOLATILE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     INSERT INTO @extschema@.sources AS s
-           (source, thread_column, seq_column, id_column, channel, payload, owns_index)
-    VALUES (src::pg_catalog.regclass, thread_column, seq_column, id_column, channel, payload, owns_index)
+           (source, thread_column, seq_column, id_column, channel, payload, owns_index, delivery)
+    VALUES (src::pg_catalog.regclass, thread_column, seq_column, id_column, channel, payload, owns_index, delivery)
     ON CONFLICT (source) DO UPDATE SET thread_column = excluded.thread_column,
         seq_column = excluded.seq_column, id_column = excluded.id_column,
         channel = excluded.channel, payload = excluded.payload,
-        owns_index = excluded.owns_index OR s.owns_index;
+        owns_index = excluded.owns_index OR s.owns_index, delivery = excluded.delivery;
 END;
 
 CREATE FUNCTION @extschema@.unregister_source(src oid) RETURNS void
@@ -306,6 +310,22 @@ CREATE FUNCTION @extschema@."truncated"()
 	LANGUAGE c
 	AS 'MODULE_PATHNAME', 'truncated_wrapper';
 
+-- enable() takes a delivery mode. The library keeps 0.1.0's six-argument symbol, so that 0.1.0's
+-- declaration, dropped here, worked until this update.
+DROP FUNCTION @extschema@.enable(regclass, text, text, text, text, boolean);
+CREATE FUNCTION @extschema@."enable"(
+	"tbl" regclass,
+	"thread_column" TEXT DEFAULT 'feedback_id',
+	"channel" TEXT DEFAULT 'threadcast',
+	"seq_column" TEXT DEFAULT 'thread_seq',
+	"payload" TEXT DEFAULT 'full',
+	"replica_identity_full" bool DEFAULT false,
+	"delivery" TEXT DEFAULT 'transaction'
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'enable_with_delivery_wrapper';
+
 -- The triggers run as the role that writes the table.
 ALTER FUNCTION @extschema@.assign_seq() SECURITY INVOKER;
 ALTER FUNCTION @extschema@.notify() SECURITY INVOKER;
@@ -315,7 +335,7 @@ ALTER FUNCTION @extschema@.notify() SECURITY INVOKER;
 REVOKE EXECUTE ON FUNCTION @extschema@.next_seq(pg_catalog.oid, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.record_tombstone(pg_catalog.oid, text, bigint, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.signing_key() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.register_source(pg_catalog.oid, text, text, text, text, text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.register_source(pg_catalog.oid, text, text, text, text, text, boolean, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.unregister_source(pg_catalog.oid) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.advance_counters(pg_catalog.oid, text[], bigint[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.reset_threads(pg_catalog.oid) FROM PUBLIC;

@@ -151,12 +151,14 @@ pub struct Source {
     pub channel: String,
     pub payload: String,
     pub owns_index: bool,
+    /// `transaction` or `batched`.
+    pub delivery: String,
 }
 
 pub fn source(relid: pg_sys::Oid) -> Option<Source> {
     Spi::connect(|client| {
         let table = client.select(
-            "SELECT thread_column::text, seq_column::text, channel, payload, owns_index \
+            "SELECT thread_column::text, seq_column::text, channel, payload, owns_index, delivery \
                FROM threadcast.sources \
               WHERE source OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regclass",
             Some(1),
@@ -172,6 +174,7 @@ pub fn source(relid: pg_sys::Oid) -> Option<Source> {
             channel: row.get::<String>(3)?.unwrap_or_default(),
             payload: row.get::<String>(4)?.unwrap_or_default(),
             owns_index: row.get::<bool>(5)?.unwrap_or(false),
+            delivery: row.get::<String>(6)?.unwrap_or_default(),
         }))
     })
     .unwrap_or_else(|e| crate::report::internal("a catalog query failed", e))

@@ -13,9 +13,9 @@ use crate::privileged::{self, Helpers};
 /// Queue usage above which NOTIFY is in danger (it fails when the queue is full).
 const QUEUE_WARN: f64 = 0.5;
 
-type Check = (String, bool, String);
+pub(crate) type Check = (String, bool, String);
 
-fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
+pub(crate) fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
     (name.to_owned(), ok, detail.into())
 }
 
@@ -164,6 +164,10 @@ fn doctor(
         } else {
             check("counters", false, format!("{behind} thread(s) hold numbers above their counter (rows written without the triggers: a promoted logical replica, a restore): run SELECT threadcast.repair('{table}');"))
         });
+    }
+
+    if let Some(source) = &source {
+        checks.extend(crate::doctor_delivery::checks(&source.delivery));
     }
 
     checks.push(if tbl.replica_identity_full {

@@ -10,7 +10,7 @@ use pgrx::fn_call::Arg;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier as ident, quote_literal as literal};
 use pgrx::PgRelation;
-use threadcast_payload::names::PayloadMode;
+use threadcast_payload::names::{DeliveryMode, PayloadMode};
 
 use crate::catalog::{
     self, Table, NOTIFY_TRIGGER, SEQ_TRIGGER, THREAD_TYPES, TRIGGERS, TRUNCATE_TRIGGER,
@@ -76,18 +76,43 @@ pub(crate) fn check_up_to_date() {
     }
 }
 
-/// Attaches threadcast to a table. Idempotent; a call with other arguments reconfigures.
-#[pg_extern(volatile, parallel_unsafe)]
+/// 0.1.0's six-argument `enable()`, kept as the C symbol (`enable_wrapper`) that 0.1.0's SQL
+/// declaration calls, so that a database on 0.1.0's SQL objects under this library gets a clear
+/// "run ALTER EXTENSION threadcast UPDATE" rather than a missing symbol. No SQL of its own.
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn enable(
+    tbl: PgRelation,
+    thread_column: &str,
+    channel: &str,
+    seq_column: &str,
+    payload: &str,
+    replica_identity_full: bool,
+) {
+    enable_with_delivery(
+        tbl,
+        thread_column,
+        channel,
+        seq_column,
+        payload,
+        replica_identity_full,
+        DeliveryMode::Transaction.as_str(),
+    )
+}
+
+/// Attaches threadcast to a table. Idempotent; a call with other arguments reconfigures.
+#[pg_extern(name = "enable", volatile, parallel_unsafe)]
+fn enable_with_delivery(
     tbl: PgRelation,
     thread_column: default!(&str, "'feedback_id'"),
     channel: default!(&str, "'threadcast'"),
     seq_column: default!(&str, "'thread_seq'"),
     payload: default!(&str, "'full'"),
     replica_identity_full: default!(bool, false),
+    delivery: default!(&str, "'transaction'"),
 ) {
     let tbl = Table::read(tbl);
     check_table(&tbl);
+    let delivery = delivery_mode(delivery);
     let Ok(mode) = payload.parse::<PayloadMode>() else {
         bad_value(
             format!(
@@ -104,7 +129,7 @@ fn enable(
         );
     }
     let columns = as_owner(tbl.owner, || {
-        attach(&tbl, thread_column, seq_column, channel, mode)
+        attach(&tbl, thread_column, seq_column, channel, mode, delivery)
     });
     privileged::call::<()>(
         "register_source",
@@ -116,11 +141,33 @@ fn enable(
             &Arg::Value(channel),
             &Arg::Value(mode.as_str()),
             &Arg::Value(columns.created_index),
+            &Arg::Value(delivery.as_str()),
         ],
     );
     as_owner(tbl.owner, || {
         check_replica_identity(&tbl, replica_identity_full)
     });
+}
+
+/// The delivery mode asked for, refused when this server cannot batch.
+fn delivery_mode(delivery: &str) -> DeliveryMode {
+    let Some(mode) = DeliveryMode::parse(delivery) else {
+        bad_value(
+            format!(
+                "threadcast: delivery must be 'transaction' or 'batched', not {}",
+                literal(delivery)
+            ),
+            "'batched' hands notifications to a background worker, so that writers do not take NOTIFY's commit lock.",
+        );
+    };
+    if mode == DeliveryMode::Batched && !crate::ring::available() {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "threadcast: batched delivery needs the threadcast library loaded when the server starts",
+            "Set shared_preload_libraries = 'threadcast' (and threadcast.batch_workers above 0) in postgresql.conf, restart PostgreSQL, then call enable() again.",
+        );
+    }
+    mode
 }
 
 /// What `attach` learned and did.
@@ -136,6 +183,7 @@ fn attach(
     seq_column: &str,
     channel: &str,
     mode: PayloadMode,
+    delivery: DeliveryMode,
 ) -> Attached {
     let (relid, table) = (tbl.oid, tbl.name.as_str());
     let thread_type = catalog::column_type(relid, thread_column).unwrap_or_else(|| {
@@ -239,17 +287,19 @@ fn attach(
     ));
     run(&format!(
         "CREATE TRIGGER {NOTIFY_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table} \
-         FOR EACH ROW EXECUTE FUNCTION threadcast.notify({}, {}, {}, {}, {})",
+         FOR EACH ROW EXECUTE FUNCTION threadcast.notify({}, {}, {}, {}, {}, {})",
         literal(thread_column),
         literal(seq_column),
         literal(&id_column),
         literal(channel),
-        literal(mode.as_str())
+        literal(mode.as_str()),
+        literal(delivery.as_str())
     ));
     run(&format!(
         "CREATE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {table} \
-         FOR EACH STATEMENT EXECUTE FUNCTION threadcast.truncated({})",
+         FOR EACH STATEMENT EXECUTE FUNCTION threadcast.truncated({}, {})",
         literal(channel),
+        literal(delivery.as_str()),
     ));
     Attached {
         id_column,

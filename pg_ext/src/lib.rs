@@ -7,14 +7,18 @@ use pgrx::prelude::*;
 
 mod catalog;
 mod doctor;
+mod doctor_delivery;
 mod enable;
 mod keys;
 mod owner;
+mod pending;
 mod privileged;
 mod repair;
 mod report;
+mod ring;
 mod text;
 mod trigger;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -22,8 +26,10 @@ mod trigger;
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("../sql/finish.sql", name = "finish", finalize);
 
-/// Runs when a backend loads the library: forget cached helpers and keys when the catalog says
-/// they changed (ALTER EXTENSION UPDATE, DROP EXTENSION, threadcast.rotate_key()).
+/// Runs when a process loads the library: forget cached helpers and keys when the catalog says
+/// they changed (ALTER EXTENSION UPDATE, DROP EXTENSION, threadcast.rotate_key()), and follow
+/// transactions for batched delivery. Loaded by the postmaster (`shared_preload_libraries`), it
+/// also asks for the rings' shared memory and registers the batch workers.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     // SAFETY: registering invalidation callbacks is what _PG_init is for; both are plain
@@ -36,6 +42,20 @@ pub extern "C-unwind" fn _PG_init() {
         );
         pg_sys::CacheRegisterRelcacheCallback(Some(keys::forget_key), pg_sys::Datum::from(0));
     }
+    ring::define_settings();
+    pending::register_callbacks();
+    // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        attach_rings();
+        worker::register();
+    }
+}
+
+// pg_shmem_init! names every PostgreSQL version pgrx supports in its cfgs; this crate knows pg15.
+#[allow(unexpected_cfgs)]
+fn attach_rings() {
+    use ring::RINGS;
+    pgrx::pg_shmem_init!(RINGS = ());
 }
 
 // `#[pg_test]`s: they run inside a real PostgreSQL with the extension installed, each in a
@@ -50,6 +70,7 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        // Batched delivery needs the library loaded when the server starts.
+        vec!["shared_preload_libraries='threadcast'"]
     }
 }

@@ -4,8 +4,9 @@
 //!   and writes it into the seq column. An update that moves a row to another thread, or changes
 //!   its primary key, first takes the number of the delete it implies in the old thread, so that
 //!   every notification of one statement leaves in seq order.
-//! - `threadcast.notify()`, AFTER INSERT OR UPDATE OR DELETE, per row: queues one signed NOTIFY
-//!   (and, for a delete, takes its number and leaves a tombstone).
+//! - `threadcast.notify()`, AFTER INSERT OR UPDATE OR DELETE, per row: queues one signed NOTIFY,
+//!   or, under batched delivery, keeps it for the commit to hand to the batch worker
+//!   (`pending.rs`); a delete also takes its number and leaves a tombstone.
 //! - `threadcast.truncated()`, AFTER TRUNCATE, per statement: every thread of the table takes a
 //!   number for a reset, and each is announced.
 //!
@@ -19,7 +20,7 @@ use pgrx::fn_call::Arg;
 use pgrx::prelude::*;
 use pgrx::{direct_function_call, direct_function_call_as_datum, PgRelation};
 use serde_json::value::RawValue;
-use threadcast_payload::{Omitted, Op, Payload, FORMAT_VERSION};
+use threadcast_payload::{DeliveryMode, Omitted, Op, Payload, FORMAT_VERSION};
 
 use crate::privileged::{self, Helpers};
 use crate::report::raise;
@@ -244,6 +245,8 @@ struct Announcer<'a> {
     table: &'a str,
     src: pg_sys::Oid,
     legacy: bool,
+    /// Batched delivery: the commit hands the notifications to the batch worker.
+    batched: bool,
 }
 
 /// One change, as the AFTER trigger describes it.
@@ -257,12 +260,19 @@ struct Change<'a> {
 }
 
 impl Announcer<'_> {
-    fn new<'a>(channel: &'a str, table: &'a str, src: pg_sys::Oid) -> Announcer<'a> {
+    /// `delivery` is the trigger's delivery argument (absent on triggers made before it).
+    fn new<'a>(
+        channel: &'a str,
+        table: &'a str,
+        src: pg_sys::Oid,
+        delivery: Option<&str>,
+    ) -> Announcer<'a> {
         Announcer {
             channel,
             table,
             src,
             legacy: privileged::legacy(),
+            batched: delivery == Some(DeliveryMode::Batched.as_str()),
         }
     }
 
@@ -300,6 +310,11 @@ impl Announcer<'_> {
             sent.borrow_mut()
                 .push((self.channel.to_owned(), text.clone()))
         });
+        // Batched: kept for the commit, which hands it to the batch worker. When the server cannot
+        // batch (no preload, or no ring free), NOTIFY as per-transaction delivery does.
+        if self.batched && crate::pending::keep(self.channel, &text) {
+            return;
+        }
         // pg_notify queues the notification in this transaction; PostgreSQL delivers it at commit.
         // SAFETY: pg_notify takes two text datums, which these are.
         unsafe {
@@ -334,13 +349,14 @@ fn row_json(row: RawRow) -> String {
         .expect("row_to_json never returns NULL for a row")
 }
 
-/// `threadcast.notify(thread_column, seq_column, id_column, channel, payload_mode)`:
-/// AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW.
+/// `threadcast.notify(thread_column, seq_column, id_column, channel, payload_mode[, delivery])`:
+/// AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW. (Triggers made before batched delivery have
+/// no delivery argument, and NOTIFY per transaction.)
 #[pg_trigger]
 fn notify<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, std::convert::Infallible> {
-    let args = args(trigger, &[5]);
+    let args = args(trigger, &[5, 6]);
     let [thread_column, seq_column, id_column, channel, mode] = [0, 1, 2, 3, 4].map(|i| &args[i]);
     let fired = Fired::of(trigger);
     let table = fired.table.as_str();
@@ -348,7 +364,7 @@ fn notify<'a>(
     let thread_col = column(fired.desc, table, thread_column);
     let id_col = column(fired.desc, table, id_column);
     let keys_only = mode == threadcast_payload::names::PayloadMode::Keys.as_str();
-    let announcer = Announcer::new(channel, table, src);
+    let announcer = Announcer::new(channel, table, src, args.get(5).map(String::as_str));
 
     let op = trigger.op().unwrap_or_else(|e| error!("threadcast: {e}"));
     match op {
@@ -404,14 +420,14 @@ fn notify<'a>(
     Ok(None)
 }
 
-/// `threadcast.truncated(channel)`: AFTER TRUNCATE, FOR EACH STATEMENT. Every thread of the table
+/// `threadcast.truncated(channel[, delivery])`: AFTER TRUNCATE, FOR EACH STATEMENT. Every thread of the table
 /// takes its next number for a reset (numbers are never reused, so a client resuming from before
 /// the truncation learns of it), and each reset is announced.
 #[pg_trigger]
 fn truncated<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, std::convert::Infallible> {
-    let args = args(trigger, &[1]);
+    let args = args(trigger, &[1, 2]);
     let fired = Fired::of(trigger);
     crate::enable::check_up_to_date();
     let src = fired.rel.oid();
@@ -419,7 +435,7 @@ fn truncated<'a>(
         .expect("reset_threads returns a JSON array");
     let threads: Vec<(String, i64)> = serde_json::from_str(&reset)
         .unwrap_or_else(|e| crate::report::internal("reset_threads returned malformed JSON", e));
-    let announcer = Announcer::new(&args[0], &fired.table, src);
+    let announcer = Announcer::new(&args[0], &fired.table, src, args.get(1).map(String::as_str));
     for (thread, seq) in &threads {
         announcer.send(Change {
             op: Op::Reset,

@@ -10,15 +10,18 @@
 //! or badly signed payload is never trusted (see [`sign`]). [`Payload::decode`] checks the shape
 //! only, for tools and tests that inspect payloads. Keeping both directions on one type means a
 //! change to the format is a compile error on both sides, not a silent mismatch. The names both
-//! sides spell (the broadcaster's `application_name`, the payload modes, the kinds of change) are
-//! in [`names`].
+//! sides spell (the broadcaster's `application_name`, the payload and delivery modes, the kinds of
+//! change) are in [`names`]. Batched delivery's two other forms, a batch of changes and a resync
+//! notice, are in [`batch`].
 
+pub mod batch;
 pub mod names;
 pub mod sign;
 
 use std::borrow::Cow;
 
-pub use names::{ChangeKind, PayloadMode, UnknownPayloadMode, APPLICATION_NAME};
+pub use batch::{BatchWriter, Notification, Resync, ResyncReason};
+pub use names::{ChangeKind, DeliveryMode, PayloadMode, UnknownPayloadMode, APPLICATION_NAME};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

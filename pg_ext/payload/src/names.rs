@@ -1,6 +1,6 @@
-//! The names both halves must spell alike: the broadcaster's `application_name`, the payload modes
-//! of `threadcast.enable`, and the kinds of change (`threadcast.changes`'s `kind` column and the
-//! SSE event names). A typo in one of them is a compile error, not a silent mismatch.
+//! The names both halves must spell alike: the broadcaster's `application_name`, the payload and
+//! delivery modes of `threadcast.enable`, and the kinds of change (`threadcast.changes`'s `kind`
+//! column and the SSE event names). A typo in one of them is a compile error, not a silent mismatch.
 
 use std::fmt;
 use std::str::FromStr;
@@ -54,6 +54,42 @@ impl FromStr for PayloadMode {
     }
 }
 
+/// How a source's notifications leave the database (`threadcast.enable(..., delivery => ...)`,
+/// kept in `threadcast.sources.delivery`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryMode {
+    /// The writer's transaction NOTIFYs at its commit: simple, but every notifying commit takes
+    /// PostgreSQL's cluster-wide notification lock.
+    Transaction,
+    /// The writer's commit hands its signed changes to a ring in shared memory; a background
+    /// worker sends them in batches, so that writers never take the notification lock.
+    Batched,
+}
+
+impl DeliveryMode {
+    /// Every mode, in the order the documentation lists them.
+    pub const ALL: [DeliveryMode; 2] = [DeliveryMode::Transaction, DeliveryMode::Batched];
+
+    /// The SQL spelling: `transaction` or `batched`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::Transaction => "transaction",
+            DeliveryMode::Batched => "batched",
+        }
+    }
+
+    /// The mode named `text`, if any.
+    pub fn parse(text: &str) -> Option<DeliveryMode> {
+        DeliveryMode::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+impl fmt::Display for DeliveryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The kind of a change as a resuming reader sees it: `threadcast.changes(...)` returns it in its
 /// `kind` column, and the broadcaster sends it as the SSE `event:` name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -102,6 +138,9 @@ mod tests {
         }
         for kind in ChangeKind::ALL {
             assert_eq!(ChangeKind::parse(kind.as_str()), Some(kind));
+        }
+        for mode in DeliveryMode::ALL {
+            assert_eq!(DeliveryMode::parse(mode.as_str()), Some(mode));
         }
         assert!("Keys".parse::<PayloadMode>().is_err(), "names are exact");
         assert_eq!(ChangeKind::parse("update"), None);

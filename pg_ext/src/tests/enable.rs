@@ -132,7 +132,7 @@ mod tests {
     fn doctor_passes_every_check_but_the_listener_on_a_fresh_schema() {
         schema();
         let rows = one::<i64>("SELECT count(*) FROM threadcast.doctor('feedback_replies')");
-        assert_eq!(rows, 12, "every check reports a row");
+        assert_eq!(rows, 13, "every check reports a row");
         assert_eq!(
             doctor_failures(),
             vec!["listener".to_string()],

@@ -2,6 +2,7 @@
 //! wraps its tests in a `#[pg_schema] mod tests`.
 
 mod bad_input;
+mod batched;
 mod enable;
 mod payload;
 mod semantics;

@@ -1,0 +1,217 @@
+//! A backend's changes waiting for its transaction to commit, under batched delivery: the
+//! transaction's signed notifications, kept here instead of NOTIFY's queue, and handed to the
+//! database's ring (`ring.rs`) by the COMMIT callback.
+//!
+//! The callbacks mirror what NOTIFY does with its own pending notifications: a commit publishes
+//! them, an abort forgets them, a rolled-back savepoint forgets those made since it, and
+//! `PREPARE TRANSACTION` is refused. The COMMIT callback runs after the commit is durable and
+//! visible, and before the transaction's locks are released: a second writer of the same thread
+//! still waits for the counter row, so the ring receives each thread's changes in seq order. An
+//! error there would be a PANIC ("cannot abort transaction, it was already committed"), so it
+//! allocates nothing (the buffer was sized by the trigger), takes no RefCell it could find
+//! borrowed, and cannot panic.
+
+use std::cell::RefCell;
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::ring::{self, entry, Appended};
+
+/// The buffer keeps up to this much room between transactions; a big transaction's excess is
+/// given back at the next one's first change (never in a callback).
+const KEEP_BYTES: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Pending {
+    /// Entries in the ring's own form, so that the commit is one copy.
+    bytes: Vec<u8>,
+    /// Per entry: the subtransaction that made it and where it starts in `bytes`.
+    marks: Vec<(pg_sys::SubTransactionId, usize)>,
+    /// More than a ring holds: dropped at once, to be counted (and resynced) at commit.
+    overflowed: bool,
+    dropped: u64,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.marks.is_empty() && !self.overflowed
+    }
+
+    /// Forgets everything; keeps the memory (this runs in callbacks).
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.marks.clear();
+        self.overflowed = false;
+        self.dropped = 0;
+    }
+}
+
+thread_local! {
+    static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
+    /// Set in the batch worker, whose own transactions (NOTIFYs) are never buffered.
+    static IS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this process as a batch worker.
+pub fn mark_worker() {
+    IS_WORKER.with(|w| w.set(true));
+}
+
+/// Keeps one change for this transaction's commit. False when batched delivery cannot take it
+/// (the server lacks the preload, or every ring is taken by other databases): the caller then
+/// NOTIFYs as per-transaction delivery does. Runs in the trigger, where errors are fine.
+pub fn keep(channel: &str, payload: &str) -> bool {
+    let Some(capacity) = ring::capacity() else {
+        return false;
+    };
+    // SAFETY: MyDatabaseId is set in every backend that runs a trigger.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    // Taking the ring now, in the trigger, means the commit callback normally finds it.
+    if ring::claim(database).is_none() {
+        warn_no_ring();
+        return false;
+    }
+    let size = entry::size(channel, payload);
+    // SAFETY: a trigger always runs inside a transaction.
+    let subid = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.marks.is_empty() && !p.overflowed && p.bytes.capacity() > KEEP_BYTES {
+            p.bytes.shrink_to(KEEP_BYTES);
+        }
+        if p.overflowed || p.bytes.len() + size > capacity {
+            // The whole transaction could never fit in the ring: drop it now rather than hold it.
+            p.overflowed = true;
+            p.dropped += 1 + p.marks.len() as u64;
+            p.bytes.clear();
+            p.marks.clear();
+            return;
+        }
+        let at = p.bytes.len();
+        p.marks.push((subid, at));
+        entry::write(&mut p.bytes, channel, payload);
+    });
+    true
+}
+
+fn warn_no_ring() {
+    thread_local! {
+        static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !WARNED.with(|w| w.replace(true)) {
+        warning!(
+            "threadcast: every batch worker serves another database, so this database announces \
+             its changes per transaction; raise threadcast.batch_workers (and restart) to batch them"
+        );
+    }
+}
+
+/// Registers the transaction callbacks (once per process, from `_PG_init`).
+pub fn register_callbacks() {
+    // SAFETY: plain functions registered once; they live as long as the library.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_PREPARE => refuse_prepare(),
+        XACT_EVENT_COMMIT => publish(),
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE => forget(),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        return;
+    }
+    // Subtransactions nest, and their ids grow: the entries of the one rolled back and of its
+    // children are exactly those from the first one at or above its id.
+    let _ = PENDING.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            if let Some(i) = p.marks.iter().position(|(s, _)| *s >= subid) {
+                let at = p.marks[i].1;
+                p.marks.truncate(i);
+                p.bytes.truncate(at);
+            }
+        }
+    });
+}
+
+/// Like NOTIFY, a transaction that announced changes cannot be prepared: its announcements
+/// would have to outlive the session that made them.
+fn refuse_prepare() {
+    let pending = PENDING.with(|p| p.try_borrow().map(|p| !p.is_empty()).unwrap_or(false));
+    if pending {
+        crate::report::raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "threadcast: cannot PREPARE a transaction that changed a table with batched delivery",
+            "Commit it instead; like NOTIFY, its announcements cannot wait for COMMIT PREPARED.",
+        );
+    }
+}
+
+fn forget() {
+    let _ = PENDING.try_with(|p| {
+        if let Ok(mut p) = p.try_borrow_mut() {
+            p.clear();
+        }
+    });
+}
+
+/// The COMMIT callback: hands the transaction's changes to the ring. No allocation, no error,
+/// no panic, no waiting for room.
+fn publish() {
+    if IS_WORKER.try_with(|w| w.get()).unwrap_or(true) {
+        return;
+    }
+    let _ = PENDING.try_with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return;
+        };
+        if p.is_empty() {
+            return;
+        }
+        // SAFETY: MyDatabaseId is set in every backend that commits.
+        let database = unsafe { pg_sys::MyDatabaseId };
+        let events = p.marks.len() as u64;
+        match ring::claim(database) {
+            None => ring::count_unslotted(),
+            Some(slot) if p.overflowed => slot.overflow(events + p.dropped),
+            Some(slot) => {
+                if slot.append(database, &p.bytes, events) == Appended::Moved {
+                    // Given up between the lookup and the lock: take a ring again, once.
+                    match ring::claim(database) {
+                        Some(slot) => {
+                            slot.append(database, &p.bytes, events);
+                        }
+                        None => ring::count_unslotted(),
+                    }
+                }
+            }
+        }
+        p.clear();
+    });
+}
+
+/// The changes this transaction keeps for its commit (for the `#[pg_test]`s, which never commit).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn kept() -> Vec<(String, String)> {
+    PENDING.with(|p| {
+        entry::read(&p.borrow().bytes)
+            .map(|(c, t)| (c.to_owned(), t.to_owned()))
+            .collect()
+    })
+}
