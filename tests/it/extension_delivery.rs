@@ -1,34 +1,18 @@
-//! The extension over real connections: NOTIFY is only delivered at commit, which a rolled-back
-//! `#[pg_test]` never reaches. One connection LISTENs while others write.
+//! The extension over real connections, in both delivery modes: NOTIFY is only delivered at
+//! commit, which a rolled-back `#[pg_test]` never reaches. One connection LISTENs while others
+//! write; it reads batches change by change (`Heard`), so the assertions are the same in both.
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use threadcast_payload::{Op, Payload};
-use threadcast_tests::TestDb;
-use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, GenericClient, NoTls};
+use threadcast_tests::db::Heard;
+use threadcast_tests::{in_both_modes, TestDb};
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-/// A connection LISTENing on `threadcast`; payloads arrive on the receiver in delivery order.
-async fn listen(db: &TestDb) -> (tokio_postgres::Client, mpsc::UnboundedReceiver<String>) {
-    let (client, mut conn) = tokio_postgres::connect(&db.admin_url, NoTls)
-        .await
-        .expect("connect");
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(n) = message {
-                let _ = tx.send(n.payload().to_owned());
-            }
-        }
-    });
-    client
-        .batch_execute("LISTEN threadcast")
-        .await
-        .expect("LISTEN");
-    (client, rx)
+/// A connection LISTENing on `threadcast`; changes are read in delivery order.
+async fn listen(db: &TestDb) -> Heard {
+    Heard::listen(&db.admin_url, "threadcast").await
 }
 
 /// Inserts a reply through any client or open transaction.
@@ -42,21 +26,15 @@ async fn insert(client: &impl GenericClient, thread: Uuid, content: &str) {
         .expect("insert a reply");
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .expect("a notification within 20 s")
-        .expect("the listener is alive")
-}
-
+in_both_modes! {
 #[tokio::test]
-async fn a_committed_insert_reaches_a_listener_with_the_exact_payload() {
-    let db = TestDb::new().await;
-    let (_listener, mut rx) = listen(&db).await;
+async fn a_committed_insert_reaches_a_listener_with_the_exact_payload(mode) {
+    let db = TestDb::with_delivery(mode).await;
+    let mut heard = listen(&db).await;
     let thread = db.create_thread().await;
     let id = db.insert_reply(thread, "hello \"world\" 🎉").await;
 
-    let text = next(&mut rx).await;
+    let text = heard.next().await;
     let row = db
         .client
         .query_one(
@@ -89,11 +67,13 @@ async fn a_committed_insert_reaches_a_listener_with_the_exact_payload() {
         "signed with a key of threadcast.keys"
     );
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn a_rolled_back_insert_sends_nothing_and_takes_no_number() {
-    let db = TestDb::new().await;
-    let (_listener, mut rx) = listen(&db).await;
+async fn a_rolled_back_insert_sends_nothing_and_takes_no_number(mode) {
+    let db = TestDb::with_delivery(mode).await;
+    let mut heard = listen(&db).await;
     let thread = db.create_thread().await;
     let mut writer = db.connect().await;
     let tx = writer.transaction().await.unwrap();
@@ -101,7 +81,7 @@ async fn a_rolled_back_insert_sends_nothing_and_takes_no_number() {
     tx.rollback().await.unwrap();
     db.insert_reply(thread, "kept").await;
 
-    let p = next(&mut rx).await;
+    let p = heard.next().await;
     let p = Payload::decode(&p).unwrap();
     assert_eq!(
         (p.op, p.seq),
@@ -109,13 +89,15 @@ async fn a_rolled_back_insert_sends_nothing_and_takes_no_number() {
         "the rolled-back insert neither notified nor used seq 1"
     );
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn concurrent_writers_to_one_thread_get_1_to_n_and_the_listener_hears_them_in_order() {
+async fn concurrent_writers_to_one_thread_get_1_to_n_and_the_listener_hears_them_in_order(mode) {
     const WRITERS: usize = 8;
     const EACH: usize = 25;
-    let db = TestDb::new().await;
-    let (_listener, mut rx) = listen(&db).await;
+    let db = TestDb::with_delivery(mode).await;
+    let mut heard_by = listen(&db).await;
     let thread = db.create_thread().await;
 
     let mut tasks = Vec::new();
@@ -134,7 +116,7 @@ async fn concurrent_writers_to_one_thread_get_1_to_n_and_the_listener_hears_them
     let total = (WRITERS * EACH) as i64;
     let mut heard = Vec::new();
     while heard.len() < total as usize {
-        heard.push(Payload::decode(&next(&mut rx).await).unwrap().seq);
+        heard.push(Payload::decode(&heard_by.next().await).unwrap().seq);
     }
     assert_eq!(
         heard,
@@ -158,10 +140,12 @@ async fn concurrent_writers_to_one_thread_get_1_to_n_and_the_listener_hears_them
         "the table holds 1..N"
     );
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn writers_to_different_threads_do_not_wait_for_each_other() {
-    let db = TestDb::new().await;
+async fn writers_to_different_threads_do_not_wait_for_each_other(mode) {
+    let db = TestDb::with_delivery(mode).await;
     let (a, b) = (db.create_thread().await, db.create_thread().await);
     let mut holder = db.connect().await;
     let open = holder.transaction().await.unwrap();
@@ -214,11 +198,13 @@ async fn writers_to_different_threads_do_not_wait_for_each_other() {
         "of two writers to one thread, the lower number commits first"
     );
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn one_transaction_writing_several_threads_notifies_each_in_its_own_numbering() {
-    let db = TestDb::new().await;
-    let (_listener, mut rx) = listen(&db).await;
+async fn one_transaction_writing_several_threads_notifies_each_in_its_own_numbering(mode) {
+    let db = TestDb::with_delivery(mode).await;
+    let mut heard = listen(&db).await;
     let threads: Vec<Uuid> = vec![db.create_thread().await, db.create_thread().await];
     let mut writer = db.connect().await;
     let tx = writer.transaction().await.unwrap();
@@ -230,7 +216,7 @@ async fn one_transaction_writing_several_threads_notifies_each_in_its_own_number
     tx.commit().await.unwrap();
     let mut per_thread = std::collections::BTreeMap::<String, Vec<i64>>::new();
     for _ in 0..6 {
-        let p = next(&mut rx).await;
+        let p = heard.next().await;
         let p = Payload::decode(&p).unwrap();
         per_thread
             .entry(p.thread.into_owned())
@@ -240,4 +226,5 @@ async fn one_transaction_writing_several_threads_notifies_each_in_its_own_number
     for t in &threads {
         assert_eq!(per_thread[&t.to_string()], vec![1, 2, 3], "thread {t}");
     }
+}
 }

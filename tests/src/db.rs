@@ -1,6 +1,7 @@
 //! A test database: its own database in a cluster, with the extension and the feedback schema
 //! installed, a least-privilege role for the broadcaster, and helpers to write replies.
 
+use threadcast_payload::{DeliveryMode, Notification};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -19,6 +20,8 @@ pub struct TestDb {
     pub reader_url: String,
     /// A superuser connection for arranging and writing.
     pub client: Client,
+    /// How `feedback_replies`' notifications leave the database.
+    pub delivery: DeliveryMode,
 }
 
 /// Connects and drives the connection in the background of the current runtime.
@@ -38,8 +41,18 @@ impl TestDb {
         TestDb::in_cluster(Cluster::shared()).await
     }
 
+    /// A fresh database in the shared cluster whose source delivers in `delivery` mode.
+    pub async fn with_delivery(delivery: DeliveryMode) -> TestDb {
+        TestDb::in_cluster_with(Cluster::shared(), delivery).await
+    }
+
     /// A fresh database in `cluster`.
     pub async fn in_cluster(cluster: &Cluster) -> TestDb {
+        TestDb::in_cluster_with(cluster, DeliveryMode::Transaction).await
+    }
+
+    /// A fresh database in `cluster` whose source delivers in `delivery` mode.
+    pub async fn in_cluster_with(cluster: &Cluster, delivery: DeliveryMode) -> TestDb {
         let name = format!("t_{}", Uuid::new_v4().simple());
         let admin = connect(&cluster.url("postgres", "postgres")).await;
         // CREATE DATABASE refuses to run in the implicit transaction of a multi-statement query.
@@ -67,11 +80,20 @@ impl TestDb {
             .batch_execute(&roles)
             .await
             .expect("run sql/roles.sql");
+        if delivery != DeliveryMode::Transaction {
+            client
+                .batch_execute(&format!(
+                    "SELECT threadcast.enable('public.feedback_replies', replica_identity_full => true, delivery => '{delivery}')"
+                ))
+                .await
+                .expect("enable the source in its delivery mode");
+        }
         TestDb {
             reader_url: cluster.url(&name, READER_ROLE),
             name,
             admin_url,
             client,
+            delivery,
         }
     }
 
@@ -89,6 +111,7 @@ impl TestDb {
             name: name.to_owned(),
             client: connect(&admin_url).await,
             admin_url,
+            delivery: DeliveryMode::Transaction,
         }
     }
 
@@ -176,8 +199,8 @@ impl TestDb {
     }
 }
 
-/// A connection LISTENing on `channel` (quoted as an identifier); payloads arrive on the receiver
-/// in delivery order.
+/// A connection LISTENing on `channel` (quoted as an identifier); notifications arrive on the
+/// receiver in delivery order, as sent (a batch is one notification: see [`changes`]).
 pub async fn listen(
     url: &str,
     channel: &str,
@@ -213,4 +236,77 @@ pub async fn insert_reply(client: &Client, thread: Uuid, content: &str) -> Uuid 
         .await
         .unwrap_or_else(|e| panic!("insert a reply: {e:?}"));
     row.get(0)
+}
+
+/// What one notification says, whatever its form: its changes' payloads in order (a batch's
+/// members, or the one change), or a resync notice (returned as `Err` with its text).
+pub fn changes(notification: &str) -> Result<Vec<String>, String> {
+    match Notification::parse(notification) {
+        Ok(Notification::Batch(members)) => Ok(members.into_iter().map(str::to_owned).collect()),
+        Ok(Notification::Resync(text)) => Err(text.to_owned()),
+        _ => Ok(vec![notification.to_owned()]),
+    }
+}
+
+/// A LISTEN connection read change by change: batches are opened, resync notices counted and
+/// skipped, so that a test reads the same sequence of payloads in either delivery mode.
+pub struct Heard {
+    _client: Client,
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    queued: std::collections::VecDeque<String>,
+    /// Resync notices heard so far.
+    pub resyncs: Vec<String>,
+    /// Notifications heard so far (a batch counts once).
+    pub notifications: usize,
+}
+
+impl Heard {
+    /// LISTENs on `channel` of the database at `url`.
+    pub async fn listen(url: &str, channel: &str) -> Heard {
+        let (client, rx) = listen(url, channel).await;
+        Heard {
+            _client: client,
+            rx,
+            queued: Default::default(),
+            resyncs: Vec::new(),
+            notifications: 0,
+        }
+    }
+
+    /// The next change's payload; panics after 20 s without one.
+    pub async fn next(&mut self) -> String {
+        loop {
+            if let Some(payload) = self.queued.pop_front() {
+                return payload;
+            }
+            let notification = self.notification().await;
+            match changes(&notification) {
+                Ok(payloads) => self.queued.extend(payloads),
+                Err(resync) => self.resyncs.push(resync),
+            }
+        }
+    }
+
+    /// The next resync notice; changes heard meanwhile stay queued for [`Heard::next`].
+    pub async fn next_resync(&mut self) -> String {
+        loop {
+            if let Some(resync) = (!self.resyncs.is_empty()).then(|| self.resyncs.remove(0)) {
+                return resync;
+            }
+            let notification = self.notification().await;
+            match changes(&notification) {
+                Ok(payloads) => self.queued.extend(payloads),
+                Err(resync) => self.resyncs.push(resync),
+            }
+        }
+    }
+
+    async fn notification(&mut self) -> String {
+        let notification = tokio::time::timeout(std::time::Duration::from_secs(20), self.rx.recv())
+            .await
+            .expect("a notification within 20 s")
+            .expect("the listener is alive");
+        self.notifications += 1;
+        notification
+    }
 }

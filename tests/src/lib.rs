@@ -68,6 +68,40 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Defines a test once and runs it in both delivery modes: `name::per_transaction` (the writer's
+/// commit NOTIFYs) and `name::batched` (the batch worker does). The body gets the mode as the
+/// parameter it names; the attribute (`#[tokio::test(...)]`) applies to both.
+///
+/// ```ignore
+/// in_both_modes! {
+///     #[tokio::test]
+///     async fn a_reply_arrives(mode) {
+///         let db = TestDb::with_delivery(mode).await;
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! in_both_modes {
+    ($(#[$attr:meta])* async fn $name:ident($mode:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($mode: ::threadcast_payload::DeliveryMode) $body
+
+            $(#[$attr])*
+            async fn per_transaction() {
+                body(::threadcast_payload::DeliveryMode::Transaction).await
+            }
+
+            $(#[$attr])*
+            async fn batched() {
+                body(::threadcast_payload::DeliveryMode::Batched).await
+            }
+        }
+    };
+}
+
 /// The seqs of `events`, for assertions about order.
 pub fn seqs(events: &[SseEvent]) -> Vec<i64> {
     events.iter().map(SseEvent::seq).collect()

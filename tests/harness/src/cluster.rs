@@ -13,12 +13,18 @@ use std::sync::OnceLock;
 /// Debian's PostgreSQL 15 binaries, unless `PG_BIN` says otherwise.
 pub const DEBIAN_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-/// Settings for test clusters: nothing waits for the disk, there is room for many connections.
+/// Settings for test clusters: nothing waits for the disk, there is room for many connections,
+/// and batched delivery is available to as many databases as tests run at once (a worker leaves a
+/// database after 5 idle seconds, for the next test's).
 pub const TEST_SETTINGS: &[(&str, &str)] = &[
     ("fsync", "off"),
     ("synchronous_commit", "off"),
     ("full_page_writes", "off"),
     ("max_connections", "300"),
+    ("shared_preload_libraries", "threadcast"),
+    ("threadcast.batch_workers", "8"),
+    ("threadcast.batch_idle_timeout", "5"),
+    ("max_worker_processes", "16"),
 ];
 
 /// The path of PostgreSQL tool `tool`.
