@@ -41,6 +41,10 @@ pub struct Config {
     pub reply_rate: Option<Rate>,
     /// Serve the demo page and its token endpoint, which signs tokens for anyone who asks.
     pub demo: bool,
+    /// How often the threads with subscribers of a batched source compare their counters with
+    /// what they forwarded (the anti-entropy sweep); it bounds how long a lost change can go
+    /// unnoticed.
+    pub anti_entropy: Duration,
 }
 
 impl Config {
@@ -61,6 +65,7 @@ impl Config {
             max_reply_chars: DEFAULT_MAX_REPLY_CHARS,
             reply_rate: Some(Rate::new(DEFAULT_REPLY_PER_SECOND, DEFAULT_REPLY_BURST)),
             demo: false,
+            anti_entropy: Duration::from_secs(DEFAULT_ANTI_ENTROPY_SECS),
         }
     }
 }
@@ -74,6 +79,7 @@ const DEFAULT_MAX_REPLY_CHARS: usize = 10_000;
 const DEFAULT_REPLY_RATE: &str = "5/s";
 const DEFAULT_REPLY_PER_SECOND: f64 = 5.0;
 const DEFAULT_REPLY_BURST: u32 = 10;
+const DEFAULT_ANTI_ENTROPY_SECS: u64 = 5;
 
 /// A secret that never shows up in `Debug` output or logs.
 #[derive(Clone)]
@@ -169,6 +175,11 @@ pub struct ServeArgs {
     /// production.
     #[arg(long, env = "THREADCAST_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
+    /// Seconds between two anti-entropy sweeps of a batched source's live threads: the longest a
+    /// change whose notification was lost (a ring overflow, a database crash) waits, plus a read.
+    #[arg(long, env = "THREADCAST_ANTI_ENTROPY_SECS", default_value_t = DEFAULT_ANTI_ENTROPY_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub anti_entropy_secs: u64,
 }
 
 impl ServeArgs {
@@ -193,6 +204,7 @@ impl ServeArgs {
             RateSpec::PerSecond(n) => Some(Rate::new(n, self.reply_burst)),
         };
         config.demo = self.demo;
+        config.anti_entropy = Duration::from_secs(self.anti_entropy_secs);
         Ok(config)
     }
 }

@@ -220,7 +220,7 @@ impl Broadcaster {
             let client = pool.get().await.map_err(StartError::Connect)?;
             Arc::new(Source::lookup(&**client, &config.source).await?)
         };
-        tracing::info!(source = %source.name, channel = %source.channel, keys_only = source.keys_only, "serving source");
+        tracing::info!(source = %source.name, channel = %source.channel, keys_only = source.keys_only, batched = source.batched, "serving source");
         if config.demo {
             tracing::warn!(
                 "DEMO MODE IS ON: /demo/token signs a token for any thread to anyone who asks. \
@@ -237,6 +237,9 @@ impl Broadcaster {
             shutdown.clone(),
             tasks.clone(),
         );
+        if source.batched {
+            state.delivery.spawn_anti_entropy(state.config.anti_entropy);
+        }
         let mut listen_pg = pg;
         listen_pg.application_name(APPLICATION_NAME);
         tasks.spawn(

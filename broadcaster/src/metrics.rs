@@ -30,6 +30,8 @@ pub struct Metrics {
     pub row_fetches: Counter,
     /// Subscribers disconnected because their buffer was full.
     pub slow_consumer_disconnects: Counter,
+    /// Resync notices of batched delivery acted on (each has every live thread read the table).
+    pub resyncs: Counter,
 }
 
 /// The content type of [`Metrics::render`]'s text.
@@ -69,6 +71,10 @@ impl Metrics {
             "threadcast_slow_consumer_disconnects",
             "Subscribers disconnected because their buffer was full",
         );
+        let resyncs = counter(
+            "threadcast_resyncs",
+            "Resync notices from the database acted on (batched delivery lost notifications)",
+        );
         let open_streams = Gauge::default();
         registry.register(
             "threadcast_open_streams",
@@ -85,6 +91,7 @@ impl Metrics {
             gap_fills,
             row_fetches,
             slow_consumer_disconnects,
+            resyncs,
         }
     }
 

@@ -18,6 +18,9 @@ pub struct Source {
     pub thread_column: String,
     /// The primary key column, quoted for SQL.
     pub id_column: String,
+    /// Whether a batch worker announces its changes (`delivery => 'batched'`), which may lose
+    /// some: the broadcaster then also sweeps its live threads' counters.
+    pub batched: bool,
 }
 
 /// Why the configured source cannot be served.
@@ -43,7 +46,8 @@ impl Source {
             .query_opt(
                 "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
                         s.channel, s.payload,
-                        pg_catalog.quote_ident(s.thread_column), pg_catalog.quote_ident(s.id_column)
+                        pg_catalog.quote_ident(s.thread_column), pg_catalog.quote_ident(s.id_column),
+                        pg_catalog.to_jsonb(s) OPERATOR(pg_catalog.->>) 'delivery'
                    FROM threadcast.sources s
                    JOIN pg_catalog.pg_class c ON c.oid = s.source
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -59,6 +63,8 @@ impl Source {
             keys_only: row.get::<_, String>(2) == "keys",
             thread_column: row.get(3),
             id_column: row.get(4),
+            batched: row.get::<_, Option<String>>(5).as_deref()
+                == Some(threadcast_payload::DeliveryMode::Batched.as_str()),
         })
     }
 }

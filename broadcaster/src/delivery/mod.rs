@@ -7,14 +7,17 @@
 //! its thread's task ([`thread`]), which forwards it, or repairs from the [`Store`] what it cannot
 //! carry, into each subscriber's bounded queue ([`queue`]); a stream's [`Feed`] does the
 //! subscribe/catch-up hand-over ([`handover`]) and yields the events to write. Seq bookkeeping and
-//! table paging are [`cursor`]'s.
+//! table paging are [`cursor`]'s. Under batched delivery a notification may carry several
+//! changes, or a resync notice; [`loss`] handles those notices and the anti-entropy sweep.
 //!
-//! Module graph (no cycles): `mod → {registry, thread, trust, handover, subscription}`,
+//! Module graph (no cycles): `mod → {registry, thread, trust, handover, subscription, loss}`,
+//! `loss → {msg, registry}`,
 //! `thread → {registry, cursor, trust, msg, queue}`, `handover → {cursor, subscription}`,
 //! `subscription → {registry, msg, queue}`, `registry → {msg, queue}`.
 
 mod cursor;
 mod handover;
+mod loss;
 mod msg;
 pub(crate) mod queue;
 mod registry;
@@ -28,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use threadcast_payload::PayloadError;
+use threadcast_payload::{Notification, PayloadError};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -76,6 +79,8 @@ pub struct Delivery {
     /// Reads of the keys prompted by unknown key ids: at most one a second, so that forged ids
     /// cannot turn into a query storm.
     key_reads: Arc<DefaultDirectRateLimiter>,
+    /// Resync notices of batched delivery, coalesced ([`loss`]).
+    resyncs: Arc<loss::ResyncGate>,
 }
 
 impl Delivery {
@@ -103,6 +108,7 @@ impl Delivery {
             trust: Arc::new(Trust::new(source)),
             next_id: Arc::new(AtomicU64::new(1)),
             key_reads: Arc::new(RateLimiter::direct(Quota::per_second(NonZeroU32::MIN))),
+            resyncs: loss::gate(),
         }
     }
 
@@ -142,9 +148,43 @@ impl Delivery {
         )
     }
 
-    /// Takes one notification as the LISTEN connection received it. One signed with a key not
-    /// known yet (a rotation) makes it read the keys again, at most once a second, and try again.
-    pub async fn notify(&self, channel: &str, payload: &str) {
+    /// Takes one notification as the LISTEN connection received it: a change, a batch of changes
+    /// (batched delivery), or a resync notice. Anything signed with a key not known yet (a
+    /// rotation) makes it read the keys again, at most once a second, and try again.
+    pub async fn notify(&self, channel: &str, text: &str) {
+        if !self.trust.listens_on(channel) {
+            return;
+        }
+        match Notification::parse(text) {
+            Ok(Notification::Change(payload)) => self.notify_change(channel, payload).await,
+            Ok(Notification::Batch(payloads)) => {
+                for payload in payloads {
+                    self.notify_change(channel, payload).await;
+                }
+            }
+            Ok(Notification::Resync(notice)) => {
+                let mut verdict = self.trust.admit_resync(notice);
+                if let Err(PayloadError::UnknownKey(_)) = verdict {
+                    if self.key_reads.check().is_ok() && self.refresh_keys().await.is_ok() {
+                        verdict = self.trust.admit_resync(notice);
+                    }
+                }
+                match verdict {
+                    Ok(()) => self.resync_soon(),
+                    Err(error) => self.reject(&error),
+                }
+            }
+            Err(error) => self.reject(&error),
+        }
+    }
+
+    fn reject(&self, error: &PayloadError) {
+        self.ctx.metrics.notifications_rejected.inc();
+        self.trust.warn_rejected(error);
+    }
+
+    /// One change's payload.
+    async fn notify_change(&self, channel: &str, payload: &str) {
         let mut verdict = self.trust.admit(channel, payload);
         if let Verdict::Reject(PayloadError::UnknownKey(_)) = verdict {
             if self.key_reads.check().is_ok() && self.refresh_keys().await.is_ok() {
@@ -156,10 +196,7 @@ impl Delivery {
                 self.ctx.registry.send(&thread, ThreadMsg::Notice(notice))
             }
             Verdict::Ignore => {}
-            Verdict::Reject(error) => {
-                self.ctx.metrics.notifications_rejected.inc();
-                self.trust.warn_rejected(&error);
-            }
+            Verdict::Reject(error) => self.reject(&error),
         }
     }
 

@@ -78,6 +78,11 @@ impl Registry {
         true
     }
 
+    /// The threads that have a task (for the anti-entropy sweep).
+    pub fn live_threads(&self) -> Vec<Arc<str>> {
+        self.threads().keys().cloned().collect()
+    }
+
     /// The number of threads with a task.
     pub fn len(&self) -> usize {
         self.threads().len()

@@ -11,14 +11,16 @@
 //!   reads every row from the table.
 //!
 //! A replayed genuine notification is harmless: its seq is at or below what the thread already
-//! forwarded, and delivery forwards each seq once.
+//! forwarded, and delivery forwards each seq once. Under batched delivery a notification may be a
+//! batch, whose members are judged one by one exactly as single ones (the batch itself is not
+//! signed, so it is trusted for nothing), or a resync notice, trusted only when signed.
 
 use std::num::NonZeroU32;
 use std::sync::RwLock;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use threadcast_payload::{KeyRing, Op, Payload, PayloadError};
+use threadcast_payload::{KeyRing, Op, Payload, PayloadError, Resync};
 
 use super::msg::{Notice, NoticeBody};
 use crate::source::Source;
@@ -66,6 +68,18 @@ impl Trust {
     /// Replaces the keys notifications are checked with.
     pub fn set_keys(&self, keys: KeyRing) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    /// Whether notifications on `channel` are ours to judge at all.
+    pub fn listens_on(&self, channel: &str) -> bool {
+        channel == self.channel
+    }
+
+    /// Judges a resync notice (batched delivery): trusted only when signed by a key of
+    /// `threadcast.keys`. A replayed genuine one costs at most one resync a second (`loss.rs`).
+    pub fn admit_resync(&self, text: &str) -> Result<(), PayloadError> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        Resync::verify(text, &keys).map(|_| ())
     }
 
     /// Judges a notification on `channel` carrying `text`.

@@ -99,6 +99,7 @@ impl MemStore {
             keys_only,
             thread_column: "feedback_id".into(),
             id_column: "id".into(),
+            batched: false,
         }
     }
 

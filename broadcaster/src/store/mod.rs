@@ -6,6 +6,7 @@ mod mem;
 mod pg;
 
 use std::error::Error;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use threadcast_payload::{ChangeKind, KeyRing};
@@ -19,6 +20,9 @@ pub use pg::PgStore;
 
 /// Rows asked for per [`Store::changes`] call; callers page on by the last seq they got.
 pub const PAGE_ROWS: i32 = 1000;
+
+/// Threads with the last seq each handed out ([`Store::current_seqs`]).
+pub type Counters = Vec<(Arc<str>, i64)>;
 
 /// A boxed error from whichever driver a store uses.
 pub type BoxError = Box<dyn Error + Send + Sync>;
@@ -124,6 +128,22 @@ pub struct DemoThread {
 pub trait Store: Send + Sync + 'static {
     /// The last seq handed out in `thread` (0 before its first change).
     fn current_seq<'a>(&'a self, thread: &'a str) -> BoxFuture<'a, Result<i64, StoreError>>;
+
+    /// The counters of `threads` (the anti-entropy sweep of batched delivery): (thread, last seq
+    /// handed out), for the threads that have one. One read per thread unless a store does
+    /// better.
+    fn current_seqs<'a>(
+        &'a self,
+        threads: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Counters, StoreError>> {
+        Box::pin(async move {
+            let mut counters = Vec::with_capacity(threads.len());
+            for thread in threads {
+                counters.push((thread.clone(), self.current_seq(thread).await?));
+            }
+            Ok(counters)
+        })
+    }
 
     /// At most `limit` changes with `after < seq <= until` (no upper bound when None), in seq
     /// order: replies in their current state, deletes as tombstones.

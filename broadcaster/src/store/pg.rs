@@ -25,6 +25,8 @@ const CHANGES_SQL: &str = "SELECT seq, kind, id, \"row\"::text FROM threadcast.c
 const LATEST_SQL: &str =
     "SELECT seq, kind, id, \"row\"::text FROM threadcast.latest($1::oid::regclass, $2::text, $3::int4)";
 const CURRENT_SEQ_SQL: &str = "SELECT threadcast.current_seq($1::oid::regclass, $2::text)";
+const CURRENT_SEQS_SQL: &str = "SELECT c.thread, c.last_seq FROM threadcast.counters c \
+     WHERE c.source = $1::oid::regclass AND c.thread = ANY($2::text[])";
 
 /// The served table in PostgreSQL.
 pub struct PgStore {
@@ -187,6 +189,28 @@ impl Store for PgStore {
                 .query(CURRENT_SEQ_SQL, &[&self.source.oid, &thread])
                 .await?;
             Ok(rows.first().map_or(0, |row| row.get(0)))
+        }
+        .boxed()
+    }
+
+    fn current_seqs<'a>(
+        &'a self,
+        threads: &'a [std::sync::Arc<str>],
+    ) -> BoxFuture<'a, Result<super::Counters, StoreError>> {
+        async move {
+            let keys: Vec<&str> = threads.iter().map(|t| &**t).collect();
+            let rows = self
+                .query(CURRENT_SEQS_SQL, &[&self.source.oid, &keys])
+                .await?;
+            let by_key: std::collections::HashMap<&str, &std::sync::Arc<str>> =
+                threads.iter().map(|t| (&**t, t)).collect();
+            Ok(rows
+                .iter()
+                .filter_map(|row| {
+                    let thread = *by_key.get(row.get::<_, &str>(0))?;
+                    Some((thread.clone(), row.get(1)))
+                })
+                .collect())
         }
         .boxed()
     }
