@@ -1,14 +1,15 @@
 //! Delivery: every committed change reaches the streams of its thread, once, in seq order, and
-//! no other thread's stream.
+//! no other thread's stream; in both delivery modes.
 
 use std::collections::HashSet;
 use threadcast_payload::{ChangeKind, PayloadMode};
 
-use threadcast_tests::{seqs, TestDb, TestServer};
+use threadcast_tests::{in_both_modes, seqs, TestDb, TestServer};
 
+in_both_modes! {
 #[tokio::test]
-async fn a_reply_reaches_an_open_stream_as_a_reply_event() {
-    let db = TestDb::new().await;
+async fn a_reply_reaches_an_open_stream_as_a_reply_event(mode) {
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start(&db).await;
     let thread = db.create_thread().await;
     let mut stream = server.open(thread).await;
@@ -23,10 +24,12 @@ async fn a_reply_reaches_an_open_stream_as_a_reply_event() {
     assert_eq!(row["content"], "hello");
     assert_eq!(row["feedback_id"], thread.to_string());
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn a_thread_s_stream_never_sees_another_thread() {
-    let db = TestDb::new().await;
+async fn a_thread_s_stream_never_sees_another_thread(mode) {
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start(&db).await;
     let (a, b) = (db.create_thread().await, db.create_thread().await);
     let mut stream_a = server.open(a).await;
@@ -57,12 +60,14 @@ async fn a_thread_s_stream_never_sees_another_thread() {
         "each thread numbers its own changes"
     );
 }
+}
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_concurrent_writers_every_client_gets_every_reply_once_in_seq_order() {
+async fn with_concurrent_writers_every_client_gets_every_reply_once_in_seq_order(mode) {
     const WRITERS: usize = 4;
     const EACH: usize = 25;
-    let db = TestDb::new().await;
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start(&db).await;
     let thread = db.create_thread().await;
     let mut clients = Vec::new();
@@ -107,10 +112,12 @@ async fn with_concurrent_writers_every_client_gets_every_reply_once_in_seq_order
         );
     }
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn an_update_arrives_as_a_reply_with_a_new_seq_and_a_delete_as_a_delete_event() {
-    let db = TestDb::new().await;
+async fn an_update_arrives_as_a_reply_with_a_new_seq_and_a_delete_as_a_delete_event(mode) {
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start(&db).await;
     let thread = db.create_thread().await;
     let mut stream = server.open(thread).await;
@@ -136,10 +143,12 @@ async fn an_update_arrives_as_a_reply_with_a_new_seq_and_a_delete_as_a_delete_ev
         serde_json::json!({ "id": reply.to_string() })
     );
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn a_20_kb_reply_arrives_whole() {
-    let db = TestDb::new().await;
+async fn a_20_kb_reply_arrives_whole(mode) {
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start(&db).await;
     let thread = db.create_thread().await;
     let mut stream = server.open(thread).await;
@@ -163,10 +172,12 @@ async fn a_20_kb_reply_arrives_whole() {
         "a row too big for NOTIFY is read from the table"
     );
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn history_sends_the_last_replies_before_live_ones() {
-    let db = TestDb::new().await;
+async fn history_sends_the_last_replies_before_live_ones(mode) {
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start(&db).await;
     let thread = db.create_thread().await;
     for i in 1..=5 {
@@ -187,12 +198,14 @@ async fn history_sends_the_last_replies_before_live_ones() {
     assert_eq!(contents, ["old-4", "old-5", "new"]);
     assert_eq!(seqs(&events), [4, 5, 6]);
 }
+}
 
+in_both_modes! {
 #[tokio::test]
-async fn a_keys_only_source_on_its_own_channel_still_delivers_whole_rows() {
-    let db = TestDb::new().await;
+async fn a_keys_only_source_on_its_own_channel_still_delivers_whole_rows(mode) {
+    let db = TestDb::with_delivery(mode).await;
     db.client
-        .batch_execute("SELECT threadcast.enable('public.feedback_replies', payload => 'keys', channel => 'replies')")
+        .batch_execute(&format!("SELECT threadcast.enable('public.feedback_replies', payload => 'keys', channel => 'replies', delivery => '{mode}')"))
         .await
         .expect("re-enable the source as keys-only on its own channel");
     let row = db
@@ -220,4 +233,5 @@ async fn a_keys_only_source_on_its_own_channel_still_delivers_whole_rows() {
     );
     assert_eq!(deleted.event, ChangeKind::Delete.as_str());
     assert_eq!((inserted.seq(), deleted.seq()), (1, 2));
+}
 }

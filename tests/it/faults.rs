@@ -1,7 +1,7 @@
 //! Faults: a restarted database, a restarted broadcaster, a LISTEN connection cut again and again,
 //! aborted and many-thread transactions, a stalled listener filling the notification queue, and a
 //! client that stops reading. Each test ends by checking every subscriber against the table:
-//! exactly the committed changes, each once, in seq order.
+//! exactly the committed changes, each once, in seq order. Each runs in both delivery modes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,8 +10,8 @@ use std::time::Duration;
 use threadcast_broadcaster::Config;
 use threadcast_tests::db::insert_reply;
 use threadcast_tests::{
-    assert_every_subscriber_got_exactly_once, eventually, seqs, Cluster, Subscriber, TestDb,
-    TestServer, Writer,
+    assert_every_subscriber_got_exactly_once, eventually, in_both_modes, seqs, Cluster, Subscriber,
+    TestDb, TestServer, Writer,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
@@ -108,11 +108,12 @@ async fn threads(db: &TestDb, n: usize) -> Vec<Uuid> {
     threads
 }
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_restart_during_a_burst_from_several_writers_loses_and_doubles_nothing() {
+async fn a_database_restart_during_a_burst_from_several_writers_loses_and_doubles_nothing(mode) {
     // A private cluster: restarting the shared one would disturb the other tests.
     let cluster = Cluster::start();
-    let db = TestDb::in_cluster(&cluster).await;
+    let db = TestDb::in_cluster_with(&cluster, mode).await;
     let server = TestServer::start_with(&db, quick_recovery).await;
     let threads = threads(&db, 3).await;
     let subscribers = audience(&server, &threads, 2);
@@ -130,11 +131,13 @@ async fn a_database_restart_during_a_burst_from_several_writers_loses_and_double
     assert_every_subscriber_got_exactly_once(&db, subscribers).await;
     assert!(server.metric("threadcast_listener_reconnects_total").await >= 1.0);
 }
+}
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_restart_keeps_streams_open_and_loses_nothing() {
+async fn a_database_restart_keeps_streams_open_and_loses_nothing(mode) {
     let cluster = Cluster::start();
-    let db = TestDb::in_cluster(&cluster).await;
+    let db = TestDb::in_cluster_with(&cluster, mode).await;
     let server = TestServer::start_with(&db, quick_recovery).await;
     let thread = db.create_thread().await;
     let mut stream = server.open(thread).await;
@@ -168,10 +171,12 @@ async fn a_database_restart_keeps_streams_open_and_loses_nothing() {
     );
     assert!(server.metric("threadcast_listener_reconnects_total").await >= 1.0);
 }
+}
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarting_the_broadcaster_during_a_burst_loses_and_doubles_nothing() {
-    let db = TestDb::new().await;
+async fn restarting_the_broadcaster_during_a_burst_loses_and_doubles_nothing(mode) {
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start_with(&db, quick_recovery).await;
     let threads = threads(&db, 3).await;
     let subscribers = audience(&server, &threads, 2);
@@ -193,10 +198,12 @@ async fn restarting_the_broadcaster_during_a_burst_loses_and_doubles_nothing() {
     );
     drop(server);
 }
+}
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cutting_the_listen_connection_every_300_ms_for_ten_seconds_loses_and_doubles_nothing() {
-    let db = TestDb::new().await;
+async fn cutting_the_listen_connection_every_300_ms_for_ten_seconds_loses_and_doubles_nothing(mode) {
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start_with(&db, quick_recovery).await;
     let threads = threads(&db, 3).await;
     let subscribers = audience(&server, &threads, 2);
@@ -235,12 +242,14 @@ async fn cutting_the_listen_connection_every_300_ms_for_ten_seconds_loses_and_do
         "and it ends with exactly one LISTEN connection"
     );
 }
+}
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aborted_transactions_and_transactions_across_threads_deliver_exactly_what_committed() {
+async fn aborted_transactions_and_transactions_across_threads_deliver_exactly_what_committed(mode) {
     const WRITERS: usize = 3;
     const TRANSACTIONS: usize = 30;
-    let db = TestDb::new().await;
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start(&db).await;
     let threads = threads(&db, 3).await;
     let subscribers = audience(&server, &threads, 2);
@@ -353,6 +362,7 @@ async fn aborted_transactions_and_transactions_across_threads_deliver_exactly_wh
     assert!(committed > 0 && committed < WRITERS * TRANSACTIONS);
     assert_every_subscriber_got_exactly_once(&db, subscribers).await;
 }
+}
 
 /// The 'notification queue' row of `threadcast.doctor`: whether it passed, and its percentage.
 async fn doctor_queue(client: &tokio_postgres::Client) -> (bool, f64, String) {
@@ -372,11 +382,12 @@ async fn doctor_queue(client: &tokio_postgres::Client) -> (bool, f64, String) {
     (row.get(0), percent, detail)
 }
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_listener_fills_the_notification_queue_doctor_shows_it_and_streams_carry_on() {
+async fn a_stalled_listener_fills_the_notification_queue_doctor_shows_it_and_streams_carry_on(mode) {
     // The notification queue is the whole cluster's: a private one keeps the other tests out.
     let cluster = Cluster::start();
-    let db = TestDb::in_cluster(&cluster).await;
+    let db = TestDb::in_cluster_with(&cluster, mode).await;
     let server = TestServer::start(&db).await;
     let (quiet, bulk) = (db.create_thread().await, db.create_thread().await);
     let subscribers = audience(&server, &[quiet, bulk], 2);
@@ -394,16 +405,19 @@ async fn a_stalled_listener_fills_the_notification_queue_doctor_shows_it_and_str
         .await
         .expect("stall the listener in an open transaction");
     // Big rows make big notifications (still under NOTIFY's limit): a few pages of queue each.
+    // (100 rows a transaction: under batched delivery, a transaction fits in the ring.)
     let bulk_insert =
         "INSERT INTO feedback_replies (feedback_id, author_type, author_name, content)
                        SELECT $1, 'agency', 'Bulk', g || ' ' || repeat('x', 7000)
-                         FROM generate_series(1, 300) g";
+                         FROM generate_series(1, 100) g";
     let mut used_before = 0.0;
     for round in 1..=4 {
-        db.client
-            .execute(bulk_insert, &[&bulk])
-            .await
-            .expect("bulk insert");
+        for _ in 0..3 {
+            db.client
+                .execute(bulk_insert, &[&bulk])
+                .await
+                .expect("bulk insert");
+        }
         db.insert_reply(quiet, &format!("quiet reply {round}"))
             .await;
         let usage: f64 = db
@@ -443,11 +457,13 @@ async fn a_stalled_listener_fills_the_notification_queue_doctor_shows_it_and_str
     })
     .await;
 }
+}
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
+async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving(mode) {
     const BATCH: usize = 8;
-    let db = TestDb::new().await;
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start_with(&db, |c| c.subscriber_buffer = 2 * BATCH).await;
     let thread = db.create_thread().await;
     let mut fast = server.open(thread).await;
@@ -503,11 +519,13 @@ async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
     let rest = resumed.events(written - last as usize).await;
     assert_eq!(seqs(&rest), (last + 1..=written as i64).collect::<Vec<_>>());
 }
+}
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_is_cut_off_and_disconnected_while_others_keep_receiving() {
+async fn a_client_that_never_reads_is_cut_off_and_disconnected_while_others_keep_receiving(mode) {
     const BATCH: usize = 8;
-    let db = TestDb::new().await;
+    let db = TestDb::with_delivery(mode).await;
     let server = TestServer::start_with(&db, |c| {
         c.subscriber_buffer = 2 * BATCH;
         c.write_timeout = Duration::from_secs(1);
@@ -565,4 +583,5 @@ async fn a_client_that_never_reads_is_cut_off_and_disconnected_while_others_keep
     .await;
     db.insert_reply(thread, "after the cut").await;
     assert_eq!(reader.next_event().await.content(), "after the cut");
+}
 }
