@@ -5,6 +5,7 @@
 //! up; `cargo xtask test --quick` runs what needs neither.
 
 mod attacks;
+mod batched;
 mod browser;
 mod delivery;
 mod demo;

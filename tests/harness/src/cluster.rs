@@ -25,6 +25,8 @@ pub const TEST_SETTINGS: &[(&str, &str)] = &[
     ("threadcast.batch_workers", "8"),
     ("threadcast.batch_idle_timeout", "5"),
     ("max_worker_processes", "16"),
+    // So that PREPARE TRANSACTION gets as far as the checks of NOTIFY and of batched delivery.
+    ("max_prepared_transactions", "4"),
 ];
 
 /// The path of PostgreSQL tool `tool`.
@@ -177,6 +179,12 @@ impl Cluster {
     /// Stops the server (`-m fast`), until [`Cluster::start_again`].
     pub fn stop(&self) -> Result<(), ClusterError> {
         self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"])
+    }
+
+    /// Stops the server as a crash would (`-m immediate`: no checkpoint, every process killed at
+    /// once); [`Cluster::start_again`] then recovers from the WAL.
+    pub fn crash(&self) -> Result<(), ClusterError> {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "60"])
     }
 
     /// Starts the server again after [`Cluster::stop`].
