@@ -1,9 +1,12 @@
 //! `cargo xtask bench trigger`: what a notifying trigger costs an insert. pgbench inserts into
 //! `feedback_replies` on one cluster, in one run, for the set-ups side by side (no trigger, a
-//! hand-written PL/pgSQL one, contrib's tcn, threadcast, and with `--baseline REV` the threadcast
+//! hand-written PL/pgSQL one, contrib's tcn, threadcast per transaction, threadcast batched with
+//! full rows and keys only, threadcast's numbering alone, and with `--baseline REV` the threadcast
 //! of an earlier git revision, built and installed beside it as `threadcast_baseline`), while a
-//! consumer LISTENs and drains each database. Prints the median TPS of each cell and the ratio to
-//! no trigger.
+//! consumer LISTENs and drains each database (counting each change of a batch). `--logical` runs
+//! the cluster at `wal_level = logical` and adds the known alternative to NOTIFY: a trigger that
+//! emits transactional logical messages, drained through a replication slot. Prints the median
+//! TPS of each cell and the ratio to no trigger.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,11 +14,12 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
+use threadcast_payload::Notification;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::cluster::{self, Cluster};
 use crate::cmd;
-use crate::setup::{self, PG_CONFIG};
+use crate::setup;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,16 +38,47 @@ pub struct Args {
     /// Also measure the extension as of this git revision (for example `v0.1.0`), side by side.
     #[arg(long)]
     baseline: Option<String>,
+    /// Run the cluster at wal_level = logical and add the `logical` set-up:
+    /// pg_logical_emit_message per row, read from a replication slot.
+    #[arg(long)]
+    logical: bool,
+    /// Measure only these set-ups (comma-separated names; `none` is always measured).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Use the extension already installed in the PostgreSQL of `PG_BIN` (no `cargo pgrx install`).
+    #[arg(long)]
+    no_install: bool,
+}
+
+/// One set-up of the table: its column name, the extension it uses, how its changes are
+/// announced, and the SQL that attaches its trigger.
+struct Setup {
+    name: String,
+    extension: &'static str,
+    feed: Feed,
+    sql: String,
 }
 
 /// The extension a baseline revision is installed as, beside today's.
 const BASELINE: &str = "threadcast_baseline";
 
-/// (name, SQL that attaches the set-up's trigger to feedback_replies).
-const SETUPS: &[(&str, &str)] = &[
-    ("none", ""),
+/// How a set-up's changes reach a consumer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// Nothing is announced.
+    Silent,
+    /// NOTIFY on channel `threadcast` (one change each, or a batch of them).
+    Notify,
+    /// Transactional logical messages, read from the replication slot `threadcast_bench`.
+    Logical,
+}
+
+/// (name, how it announces, SQL that attaches the set-up's trigger to feedback_replies).
+const SETUPS: &[(&str, Feed, &str)] = &[
+    ("none", Feed::Silent, ""),
     (
         "plpgsql",
+        Feed::Notify,
         // What people write by hand: one pg_notify per row with json_build_object.
         "CREATE FUNCTION notify_reply() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
@@ -57,15 +92,53 @@ const SETUPS: &[(&str, &str)] = &[
     ),
     (
         "tcn",
+        Feed::Notify,
         "CREATE EXTENSION tcn;
          CREATE TRIGGER tcn AFTER INSERT OR UPDATE OR DELETE ON feedback_replies
            FOR EACH ROW EXECUTE FUNCTION triggered_change_notification('threadcast');",
     ),
     (
         "threadcast",
+        Feed::Notify,
         "SELECT threadcast.enable('public.feedback_replies');",
     ),
+    (
+        "batched",
+        Feed::Notify,
+        "SELECT threadcast.enable('public.feedback_replies', delivery => 'batched');",
+    ),
+    (
+        "batched keys",
+        Feed::Notify,
+        "SELECT threadcast.enable('public.feedback_replies', payload => 'keys', delivery => 'batched');",
+    ),
+    (
+        // The ceiling of any delivery that keeps threadcast's numbering: the counter row update
+        // and the (thread, seq) index, with nothing announced.
+        "numbering",
+        Feed::Silent,
+        "SELECT threadcast.enable('public.feedback_replies');
+         ALTER TABLE feedback_replies DISABLE TRIGGER threadcast_notify;",
+    ),
 ];
+
+/// The known alternative to NOTIFY (with `--logical`): the same payload as the PL/pgSQL set-up,
+/// as a transactional logical message, which a consumer reads from a replication slot.
+const LOGICAL: (&str, Feed, &str) = (
+    "logical",
+    Feed::Logical,
+    "CREATE FUNCTION emit_reply() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+       PERFORM pg_logical_emit_message(true, 'threadcast', json_build_object(
+         'op', TG_OP, 'table', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
+         'thread', NEW.feedback_id, 'id', NEW.id, 'row', row_to_json(NEW))::text);
+       RETURN NEW;
+     END $$;
+     CREATE TRIGGER emit_reply AFTER INSERT OR UPDATE ON feedback_replies
+       FOR EACH ROW EXECUTE FUNCTION emit_reply();
+     CREATE PUBLICATION threadcast_bench_none;
+     SELECT pg_create_logical_replication_slot('threadcast_bench', 'pgoutput');",
+);
 
 const INSERT_SCRIPT: &str = "\\set t random(1, :threads)
 INSERT INTO feedback_replies (feedback_id, author_type, author_name, content)
@@ -83,7 +156,8 @@ fn tables_sql() -> Result<String> {
         .join("\n"))
 }
 
-/// A LISTEN connection that counts what it drains, for as long as the runtime lives.
+/// A LISTEN connection that counts the changes it drains (each member of a batch), for as long
+/// as the runtime lives.
 async fn consumer(url: String) -> Result<(tokio_postgres::Client, Arc<AtomicU64>)> {
     let (client, mut conn) = tokio_postgres::connect(&url, NoTls).await?;
     let count = Arc::new(AtomicU64::new(0));
@@ -91,12 +165,47 @@ async fn consumer(url: String) -> Result<(tokio_postgres::Client, Arc<AtomicU64>
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(_) = message {
-                seen.fetch_add(1, Ordering::Relaxed);
+            if let AsyncMessage::Notification(n) = message {
+                let changes = match Notification::parse(n.payload()) {
+                    Ok(Notification::Batch(members)) => members.len() as u64,
+                    Ok(Notification::Resync(_)) => 0,
+                    _ => 1,
+                };
+                seen.fetch_add(changes, Ordering::Relaxed);
             }
         }
     });
     client.batch_execute("LISTEN threadcast").await?;
+    Ok((client, count))
+}
+
+/// A consumer of the logical messages of the slot `threadcast_bench` (pgoutput, with messages,
+/// through a publication of no table): reads what is there every 20 ms, counts the messages.
+async fn slot_consumer(url: String) -> Result<(tokio_postgres::Client, Arc<AtomicU64>)> {
+    let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
+    tokio::spawn(conn);
+    let (reader, conn) = tokio_postgres::connect(&url, NoTls).await?;
+    tokio::spawn(conn);
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let read = reader
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE get_byte(data, 0) = 77) -- 'M', a message
+                       FROM pg_logical_slot_get_binary_changes('threadcast_bench', NULL, NULL,
+                            'proto_version', '1', 'publication_names', 'threadcast_bench_none',
+                            'messages', 'true')",
+                    &[],
+                )
+                .await;
+            match read {
+                Ok(row) => seen.fetch_add(row.get::<_, i64>(0) as u64, Ordering::Relaxed),
+                Err(_) => return,
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
     Ok((client, count))
 }
 
@@ -143,29 +252,43 @@ pub fn run(args: Args) -> Result<()> {
     if args.runs == 0 || args.clients.is_empty() {
         bail!("--runs and --clients must not be empty");
     }
-    setup::run()?;
-    let repo = cmd::repo();
-    cmd::run(
-        Command::new("cargo")
-            .current_dir(repo.join("pg_ext"))
-            .args(["pgrx", "install", "--release", "--pg-config", PG_CONFIG]),
-    )?;
-    let mut setups: Vec<(String, &str, &str)> = SETUPS
+    if !args.no_install {
+        setup::run()?;
+        let repo = cmd::repo();
+        cmd::run(Command::new("cargo").current_dir(repo.join("pg_ext")).args([
+            "pgrx",
+            "install",
+            "--release",
+            "--pg-config",
+            &setup::pg_config(),
+        ]))?;
+    }
+    let wanted = |name: &str| name == "none" || args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let mut setups: Vec<Setup> = SETUPS
         .iter()
-        .map(|(name, sql)| (name.to_string(), "threadcast", *sql))
+        .chain(args.logical.then_some(&LOGICAL))
+        .filter(|(name, _, _)| wanted(name))
+        .map(|(name, feed, sql)| Setup {
+            name: name.to_string(),
+            extension: "threadcast",
+            feed: *feed,
+            sql: sql.to_string(),
+        })
         .collect();
     if let Some(rev) = &args.baseline {
         install_baseline(rev)?;
-        setups.push((
-            format!("threadcast {rev}"),
-            BASELINE,
-            "SELECT threadcast.enable('public.feedback_replies');",
-        ));
+        setups.push(Setup {
+            name: format!("threadcast {rev}"),
+            extension: BASELINE,
+            feed: Feed::Notify,
+            sql: "SELECT threadcast.enable('public.feedback_replies');".into(),
+        });
     }
-    let cluster = cluster::create(
-        "bench",
-        &[("max_connections", "100"), ("shared_buffers", "256MB")],
-    )?;
+    let mut settings = vec![("max_connections", "100"), ("shared_buffers", "256MB")];
+    if args.logical {
+        settings.extend([("wal_level", "logical"), ("max_replication_slots", "4")]);
+    }
+    let cluster = cluster::create("bench", &settings)?;
     let result = measure(&cluster, &args, &setups);
     let _ = cluster.stop();
     result
@@ -197,11 +320,11 @@ fn install_baseline(rev: &str) -> Result<()> {
         Command::new("cargo")
             .current_dir(tree.join("pg_ext"))
             .env("CARGO_TARGET_DIR", repo.join("target").join("baseline"))
-            .args(["pgrx", "package", "--pg-config", PG_CONFIG, "--out-dir"])
+            .args(["pgrx", "package", "--pg-config", &setup::pg_config(), "--out-dir"])
             .arg(&out),
     )?;
-    let libdir = cmd::output(Command::new(PG_CONFIG).arg("--pkglibdir"))?;
-    let sharedir = cmd::output(Command::new(PG_CONFIG).arg("--sharedir"))?;
+    let libdir = cmd::output(Command::new(setup::pg_config()).arg("--pkglibdir"))?;
+    let sharedir = cmd::output(Command::new(setup::pg_config()).arg("--sharedir"))?;
     let (libdir, extdir) = (
         std::path::PathBuf::from(libdir.trim()),
         std::path::Path::new(sharedir.trim()).join("extension"),
@@ -238,36 +361,41 @@ fn install_baseline(rev: &str) -> Result<()> {
     Ok(())
 }
 
-fn measure(cluster: &Cluster, args: &Args, setups: &[(String, &str, &str)]) -> Result<()> {
+fn measure(cluster: &Cluster, args: &Args, setups: &[Setup]) -> Result<()> {
     let tables = tables_sql()?;
     let script = cluster.dir().join("insert.sql");
     std::fs::write(&script, INSERT_SCRIPT)?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut consumers = Vec::new();
-    for (si, (_, extension, trigger_sql)) in setups.iter().enumerate() {
+    for (si, setup) in setups.iter().enumerate() {
         let db = format!("bench_{si}");
         cluster.create_db(&db)?;
         cmd::output(
             cluster
                 .psql(&db)
-                .args(["-c", &format!("CREATE EXTENSION {extension}")]),
+                .args(["-c", &format!("CREATE EXTENSION {}", setup.extension)]),
         )?;
         cmd::output(cluster.psql(&db).args(["-c", &tables]))?;
         cmd::output(cluster.psql(&db).args(["-c", &format!(
             "INSERT INTO feedback (id) SELECT ('00000000-0000-4000-8000-' || lpad(g::text, 12, '0'))::uuid FROM generate_series(1, {}) g",
             args.threads
         )]))?;
-        if !trigger_sql.is_empty() {
-            cmd::output(cluster.psql(&db).args(["-c", trigger_sql]))?;
+        if !setup.sql.is_empty() {
+            cmd::output(cluster.psql(&db).args(["-c", &setup.sql]))?;
         }
-        consumers.push(rt.block_on(consumer(cluster.uri(&db, "postgres")))?);
+        let url = cluster.uri(&db, "postgres");
+        consumers.push(rt.block_on(match setup.feed {
+            Feed::Logical => futures::future::Either::Left(slot_consumer(url)),
+            _ => futures::future::Either::Right(consumer(url)),
+        })?);
     }
 
     // tps[clients][setup] = one figure per run; set-ups interleave so that drift hits them alike.
     let mut tps = vec![vec![Vec::new(); setups.len()]; args.clients.len()];
     for run in 0..args.runs {
         for (ci, &clients) in args.clients.iter().enumerate() {
-            for (si, (name, _, _)) in setups.iter().enumerate() {
+            for (si, setup) in setups.iter().enumerate() {
+                let name = &setup.name;
                 let db = format!("bench_{si}");
                 cmd::output(cluster.psql(&db).args([
                     "-c",
@@ -290,9 +418,9 @@ fn measure(cluster: &Cluster, args: &Args, setups: &[(String, &str, &str)]) -> R
                 let drained = wait_drained(
                     &consumers[si].1,
                     before,
-                    if *name == "none" { 0 } else { rows },
+                    if setup.feed == Feed::Silent { 0 } else { rows },
                 );
-                eprintln!("run {} clients {clients:>2} {name:<10} {figure:>9.1} tps  ({rows} rows, {drained} notifications drained)", run + 1);
+                eprintln!("run {} clients {clients:>2} {name:<12} {figure:>9.1} tps  ({rows} rows, {drained} changes drained)", run + 1);
                 tps[ci][si].push(figure);
             }
         }
@@ -307,7 +435,7 @@ fn measure(cluster: &Cluster, args: &Args, setups: &[(String, &str, &str)]) -> R
         "| clients | {} |",
         setups
             .iter()
-            .map(|(n, _, _)| n.as_str())
+            .map(|s| s.name.as_str())
             .collect::<Vec<_>>()
             .join(" | ")
     );

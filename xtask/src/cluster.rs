@@ -19,8 +19,12 @@ fn postgres_can_use(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// What every cluster of `cargo xtask` loads at start: threadcast, so that batched delivery
+/// (`enable(..., delivery => 'batched')`) is available.
+const PRELOAD: (&str, &str) = ("shared_preload_libraries", "threadcast");
+
 /// Creates a fresh cluster named `name` (an old one of that name is removed) and starts it with
-/// the given extra settings.
+/// threadcast preloaded and the given extra settings.
 pub fn create(name: &str, settings: &[(&str, &str)]) -> Result<Cluster> {
     let target = cmd::repo().join("target");
     std::fs::create_dir_all(&target)?;
@@ -29,8 +33,10 @@ pub fn create(name: &str, settings: &[(&str, &str)]) -> Result<Cluster> {
     } else {
         PathBuf::from("/tmp")
     };
+    let mut all = vec![PRELOAD];
+    all.extend_from_slice(settings);
     Ok(Cluster::create(
         &base.join(format!("threadcast-pg-{name}")),
-        settings,
+        &all,
     )?)
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::cluster;
 use crate::cmd;
-use crate::setup::{self, PG_CONFIG};
+use crate::setup;
 
 /// The first demo thread of `sql/demo.sql`.
 const DEMO_THREAD: &str = "0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e01";
@@ -25,7 +25,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut install = Command::new("cargo");
     install
         .current_dir(repo.join("pg_ext"))
-        .args(["pgrx", "install", "--pg-config", PG_CONFIG]);
+        .args(["pgrx", "install", "--pg-config", &setup::pg_config()]);
     if !cmd::is_root() {
         install.arg("--sudo");
     }

@@ -7,8 +7,14 @@ use anyhow::{Context, Result};
 
 use crate::cmd::{self, privileged};
 
-/// Debian's PostgreSQL 15: never a downloaded build.
-pub const PG_CONFIG: &str = "/usr/lib/postgresql/15/bin/pg_config";
+/// The `pg_config` of the PostgreSQL that installs and clusters use: Debian's PostgreSQL 15
+/// (never a downloaded build), or the one whose binaries `PG_BIN` names (for example a private
+/// copy, so that a benchmark's install does not replace the library under other clusters).
+pub fn pg_config() -> String {
+    threadcast_harness::cluster::pg_bin("pg_config")
+        .to_string_lossy()
+        .into_owned()
+}
 
 /// Must equal the pgrx pin in Cargo.toml: cargo-pgrx refuses a pgrx that differs from it.
 pub const PGRX_VERSION: &str = "0.18.0";
@@ -66,10 +72,14 @@ pub fn run() -> Result<()> {
         ]))?;
     }
 
-    let home = std::env::var("HOME").context("HOME is not set")?;
-    let config = std::fs::read_to_string(format!("{home}/.pgrx/config.toml")).unwrap_or_default();
-    if !config.contains(PG_CONFIG) {
-        cmd::run(Command::new("cargo").args(["pgrx", "init", "--pg15", PG_CONFIG]))?;
+    let home = match std::env::var("PGRX_HOME") {
+        Ok(home) => home,
+        Err(_) => format!("{}/.pgrx", std::env::var("HOME").context("HOME is not set")?),
+    };
+    let config = std::fs::read_to_string(format!("{home}/config.toml")).unwrap_or_default();
+    let pg_config = pg_config();
+    if !config.contains(&pg_config) {
+        cmd::run(Command::new("cargo").args(["pgrx", "init", "--pg15", &pg_config]))?;
     }
     Ok(())
 }

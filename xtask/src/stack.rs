@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cluster::{self, Cluster};
 use crate::cmd;
-use crate::setup::{self, PG_CONFIG};
+use crate::setup;
 
 /// PostgreSQL with the extension and the feedback schema in database `threadcast`, and the
 /// release binaries.
@@ -162,7 +162,7 @@ impl Drop for Stack {
     }
 }
 
-/// `cargo pgrx install --release` into Debian's PostgreSQL 15.
+/// `cargo pgrx install --release` into Debian's PostgreSQL 15 (or `PG_BIN`'s).
 fn install_extension(repo: &std::path::Path) -> Result<()> {
     let mut install = Command::new("cargo");
     install.current_dir(repo.join("pg_ext")).args([
@@ -170,7 +170,7 @@ fn install_extension(repo: &std::path::Path) -> Result<()> {
         "install",
         "--release",
         "--pg-config",
-        PG_CONFIG,
+        &setup::pg_config(),
     ]);
     if !cmd::is_root() {
         install.arg("--sudo");

@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::Result;
 
 use crate::cmd;
-use crate::setup::{self, PG_CONFIG};
+use crate::setup;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut install = Command::new("cargo");
     install
         .current_dir(&pg_ext)
-        .args(["pgrx", "install", "--pg-config", PG_CONFIG]);
+        .args(["pgrx", "install", "--pg-config", &setup::pg_config()]);
     if !cmd::is_root() {
         install.arg("--sudo");
     }
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<()> {
 /// The released 0.1.0's install script, which the upgrade tests (`tests/it/upgrade.rs`) start
 /// from. It is a test fixture, not part of the package: nobody should install 0.1.0 anew.
 fn install_upgrade_fixture() -> Result<()> {
-    let sharedir = cmd::output(Command::new(PG_CONFIG).arg("--sharedir"))?;
+    let sharedir = cmd::output(Command::new(setup::pg_config()).arg("--sharedir"))?;
     let script = "threadcast--0.1.0.sql";
     let target = std::path::Path::new(sharedir.trim())
         .join("extension")
