@@ -72,6 +72,8 @@ pub extern "C-unwind" fn threadcast_batch_worker(arg: pg_sys::Datum) {
     };
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     set("application_name", WORKER_TYPE);
+    // It runs as the bootstrap superuser: nothing it runs may be found on a path others can write.
+    set("search_path", "pg_catalog, pg_temp");
     // The changes are durable already; this transaction only queues notifications, which are
     // never durable. Waiting for its commit record to reach the disk would only add latency.
     set("synchronous_commit", "off");

@@ -371,3 +371,60 @@ async fn a_postgresql_crash_mid_burst_loses_nothing_committed() {
     caught_up(&db, &subscribers).await;
     assert_every_subscriber_got_exactly_once(&db, subscribers).await;
 }
+
+#[tokio::test]
+async fn a_forged_batch_and_a_forged_resync_from_a_stranger_reach_no_stream() {
+    let db = TestDb::with_delivery(DeliveryMode::Batched).await;
+    let server = TestServer::start(&db).await;
+    let thread = db.create_thread().await;
+    let mut live = server.open(thread).await;
+    let name = format!("stranger_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    db.client
+        .batch_execute(&format!("CREATE ROLE {name} LOGIN"))
+        .await
+        .unwrap();
+    let stranger = threadcast_tests::db::connect(&Cluster::shared().url(&db.name, &name)).await;
+    let src: i64 = db
+        .client
+        .query_one("SELECT 'public.feedback_replies'::regclass::oid::int8", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let forged_change = format!(
+        r#"{{"v":2,"op":"I","table":"public.feedback_replies","src":{src},"thread":"{thread}","seq":1,"id":"x","row":{{"content":"forged"}},"kid":1,"sig":"{}"}}"#,
+        "A".repeat(43)
+    );
+    let batch = format!(r#"{{"v":2,"batch":[{forged_change},{forged_change}]}}"#);
+    let resync = format!(
+        r#"{{"v":2,"resync":"overflow","at":1,"kid":1,"sig":"{}"}}"#,
+        "B".repeat(43)
+    );
+    for text in [&batch, &resync] {
+        stranger
+            .query("SELECT pg_notify('threadcast', $1)", &[text])
+            .await
+            .expect("anyone may NOTIFY");
+    }
+    threadcast_tests::eventually(
+        "both members of the batch and the notice to be counted as rejected",
+        || async {
+            server
+                .metric("threadcast_notifications_rejected_total")
+                .await
+                == 3.0
+        },
+    )
+    .await;
+    assert_eq!(
+        server.metric("threadcast_resyncs_total").await,
+        0.0,
+        "the forged notice made nobody read the table"
+    );
+    db.insert_reply(thread, "real").await;
+    let first = live.next_event().await;
+    assert_eq!(
+        (first.seq(), first.content()),
+        (1, "real".to_owned()),
+        "the forgeries showed nothing; the real reply takes its number"
+    );
+}

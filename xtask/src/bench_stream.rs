@@ -36,6 +36,14 @@ pub struct Args {
     /// this build, and a table compares the two.
     #[arg(long)]
     before: Option<PathBuf>,
+    /// Measure only what batched delivery adds to commit-to-event latency: one thread and one
+    /// writer, and 32 threads with 32 writers committing at once, per transaction and batched,
+    /// interleaved over `--rounds`.
+    #[arg(long)]
+    compare_delivery: bool,
+    /// Rounds of the delivery comparison (each measures every cell once).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 /// The targets of issue 3, on a 2-core machine.
@@ -52,6 +60,9 @@ pub fn run(args: Args) -> Result<()> {
         !args.no_install,
     )?;
     let machine = stack::machine();
+    if args.compare_delivery {
+        return crate::bench_delivery::run(&stack, &machine, args.rounds);
+    }
 
     let mut bins = Vec::new();
     if let Some(before) = &args.before {

@@ -255,15 +255,20 @@ pub fn run(args: Args) -> Result<()> {
     if !args.no_install {
         setup::run()?;
         let repo = cmd::repo();
-        cmd::run(Command::new("cargo").current_dir(repo.join("pg_ext")).args([
-            "pgrx",
-            "install",
-            "--release",
-            "--pg-config",
-            &setup::pg_config(),
-        ]))?;
+        cmd::run(
+            Command::new("cargo")
+                .current_dir(repo.join("pg_ext"))
+                .args([
+                    "pgrx",
+                    "install",
+                    "--release",
+                    "--pg-config",
+                    &setup::pg_config(),
+                ]),
+        )?;
     }
-    let wanted = |name: &str| name == "none" || args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let wanted =
+        |name: &str| name == "none" || args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut setups: Vec<Setup> = SETUPS
         .iter()
         .chain(args.logical.then_some(&LOGICAL))
@@ -320,7 +325,13 @@ fn install_baseline(rev: &str) -> Result<()> {
         Command::new("cargo")
             .current_dir(tree.join("pg_ext"))
             .env("CARGO_TARGET_DIR", repo.join("target").join("baseline"))
-            .args(["pgrx", "package", "--pg-config", &setup::pg_config(), "--out-dir"])
+            .args([
+                "pgrx",
+                "package",
+                "--pg-config",
+                &setup::pg_config(),
+                "--out-dir",
+            ])
             .arg(&out),
     )?;
     let libdir = cmd::output(Command::new(setup::pg_config()).arg("--pkglibdir"))?;

@@ -23,9 +23,12 @@ pub fn run(args: Args) -> Result<()> {
     setup::run()?;
     let repo = cmd::repo();
     let mut install = Command::new("cargo");
-    install
-        .current_dir(repo.join("pg_ext"))
-        .args(["pgrx", "install", "--pg-config", &setup::pg_config()]);
+    install.current_dir(repo.join("pg_ext")).args([
+        "pgrx",
+        "install",
+        "--pg-config",
+        &setup::pg_config(),
+    ]);
     if !cmd::is_root() {
         install.arg("--sudo");
     }

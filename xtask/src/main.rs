@@ -2,6 +2,7 @@
 //! brings up PostgreSQL with the extension and the broadcaster, `lint` checks formatting and
 //! clippy, `test` runs every test (`--quick`: the inner loop), `bench` measures.
 
+mod bench_delivery;
 mod bench_stream;
 mod bench_trigger;
 mod cluster;

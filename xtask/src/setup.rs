@@ -74,7 +74,10 @@ pub fn run() -> Result<()> {
 
     let home = match std::env::var("PGRX_HOME") {
         Ok(home) => home,
-        Err(_) => format!("{}/.pgrx", std::env::var("HOME").context("HOME is not set")?),
+        Err(_) => format!(
+            "{}/.pgrx",
+            std::env::var("HOME").context("HOME is not set")?
+        ),
     };
     let config = std::fs::read_to_string(format!("{home}/config.toml")).unwrap_or_default();
     let pg_config = pg_config();

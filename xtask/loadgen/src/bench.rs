@@ -38,7 +38,10 @@ impl std::str::FromStr for Case {
 }
 
 /// Commit-to-receive latency of each case: a writer commits one reply at a time (round robin over
-/// the case's threads) and waits until every subscriber of its thread has it.
+/// the case's threads) and waits until every subscriber of its thread has it. With `writers`
+/// above one, that many connections commit at once, each on its own share of the threads, each
+/// pausing `pause` between its commits without waiting for receipts (writers that waited for
+/// each other would not be concurrent).
 pub async fn latency(
     target: Arc<Target>,
     db: &str,
@@ -46,6 +49,7 @@ pub async fn latency(
     cases: &[Case],
     events: u32,
     pause: Duration,
+    writers: u32,
 ) -> Result<Value> {
     let mut results = Vec::new();
     for (n, case) in cases.iter().enumerate() {
@@ -77,28 +81,32 @@ pub async fn latency(
         );
         let url = db.to_owned();
         let per_thread = case.per_thread as u64;
-        let commits = writer::on_own_thread(move || async move {
-            let writer = Writer::connect(&url).await?;
-            let mut commits = Vec::with_capacity(events as usize);
-            let mut timeouts = 0u32;
-            for i in 0..events {
-                let t = i % threads.len() as u32;
-                let (seq, at) = writer.insert(threads[t as usize]).await?;
-                commits.push((t, seq, at));
-                let expected = (i as u64 + 1) * per_thread;
-                let deadline = Instant::now() + EVENT_TIMEOUT;
-                while counts.received.load(Ordering::Relaxed) < expected {
-                    if Instant::now() > deadline {
-                        timeouts += 1;
-                        break;
+        let commits = if writers > 1 {
+            concurrent_commits(url, threads, events, writers, pause, counts, per_thread).await?
+        } else {
+            writer::on_own_thread(move || async move {
+                let writer = Writer::connect(&url).await?;
+                let mut commits = Vec::with_capacity(events as usize);
+                let mut timeouts = 0u32;
+                for i in 0..events {
+                    let t = i % threads.len() as u32;
+                    let (seq, at) = writer.insert(threads[t as usize]).await?;
+                    commits.push((t, seq, at));
+                    let expected = (i as u64 + 1) * per_thread;
+                    let deadline = Instant::now() + EVENT_TIMEOUT;
+                    while counts.received.load(Ordering::Relaxed) < expected {
+                        if Instant::now() > deadline {
+                            timeouts += 1;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_micros(200)).await;
                     }
-                    tokio::time::sleep(Duration::from_micros(200)).await;
+                    tokio::time::sleep(pause).await;
                 }
-                tokio::time::sleep(pause).await;
-            }
-            Ok((commits, timeouts))
-        })
-        .await??;
+                Ok((commits, timeouts))
+            })
+            .await??
+        };
         let cpu = procfs::cpu_seconds(pid)? - cpu0;
         let own_cpu = procfs::cpu_seconds(std::process::id())? - own0;
         let (commits, timeouts) = commits;
@@ -132,6 +140,7 @@ pub async fn latency(
         results.push(json!({
             "threads": case.threads,
             "subscribers_per_thread": case.per_thread,
+            "writers": writers.max(1),
             "events": events,
             "expected_receipts": expected,
             "latency": summary,
@@ -145,6 +154,56 @@ pub async fn latency(
         }));
     }
     Ok(json!({ "latency": results }))
+}
+
+/// `writers` connections committing `events` replies in all, at once, on an OS thread of their
+/// own; then a wait (bounded) until every receipt is in. Returns the commits (thread index, seq,
+/// when COMMIT returned) and 1 timeout if not every receipt came.
+async fn concurrent_commits(
+    url: String,
+    threads: Vec<Uuid>,
+    events: u32,
+    writers: u32,
+    pause: Duration,
+    counts: Arc<crate::fleet::Counts>,
+    per_thread: u64,
+) -> Result<(Vec<(u32, i64, Instant)>, u32)> {
+    writer::on_own_thread(move || async move {
+        let threads = Arc::new(threads);
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (url, threads) = (url.clone(), threads.clone());
+            tasks.push(tokio::spawn(async move {
+                let writer = Writer::connect(&url).await?;
+                let mut commits = Vec::new();
+                let mut i = w;
+                while i < events {
+                    let t = i % threads.len() as u32;
+                    let (seq, at) = writer.insert(threads[t as usize]).await?;
+                    commits.push((t, seq, at));
+                    i += writers;
+                    tokio::time::sleep(pause).await;
+                }
+                anyhow::Ok(commits)
+            }));
+        }
+        let mut commits = Vec::with_capacity(events as usize);
+        for task in tasks {
+            commits.extend(task.await??);
+        }
+        let expected = events as u64 * per_thread;
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let mut timeouts = 0;
+        while counts.received.load(Ordering::Relaxed) < expected {
+            if Instant::now() > deadline {
+                timeouts = 1;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok((commits, timeouts))
+    })
+    .await?
 }
 
 /// The broadcaster's RSS, the median of three samples a second apart (so that one sample taken

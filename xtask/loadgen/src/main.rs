@@ -52,6 +52,9 @@ enum Phase {
         /// Pause between one event's last receipt and the next commit, in milliseconds.
         #[arg(long, default_value_t = 5)]
         pause_ms: u64,
+        /// Writer connections committing at once (above one, they do not wait for receipts).
+        #[arg(long, default_value_t = 1)]
+        writers: u32,
     },
     /// RSS of the broadcaster with idle streams, against none.
     Capacity {
@@ -90,6 +93,7 @@ async fn main() -> Result<()> {
             cases,
             events,
             pause_ms,
+            writers,
         } => {
             bench::latency(
                 target,
@@ -98,6 +102,7 @@ async fn main() -> Result<()> {
                 &cases,
                 events,
                 Duration::from_millis(pause_ms),
+                writers,
             )
             .await?
         }
