@@ -14,6 +14,9 @@ use crate::stack::Stack;
 /// The target: batched adds at most this much to p99 (issue 13).
 const ADDED_P99_TARGET_MS: f64 = 3.0;
 
+/// Each round's (p50, p99) in ms, per (mode, writers).
+type Figures<'a> = Vec<((&'a str, u32), Vec<(f64, f64)>)>;
+
 /// (writers, case, events) of each cell.
 const CELLS: [(u32, &str, u32); 2] = [(1, "1x1", 300), (32, "32x1", 1600)];
 const MODES: [&str; 2] = ["transaction", "batched"];
@@ -21,7 +24,7 @@ const MODES: [&str; 2] = ["transaction", "batched"];
 pub fn run(stack: &Stack, machine: &str, rounds: u32) -> Result<()> {
     let broadcaster = stack.broadcaster(1_000)?;
     // (mode, writers) -> p50 and p99 of each round, in ms.
-    let mut figures: Vec<((&str, u32), Vec<(f64, f64)>)> = Vec::new();
+    let mut figures: Figures = Vec::new();
     for round in 0..rounds.max(1) {
         for (writers, case, events) in CELLS {
             for mode in MODES {
