@@ -48,7 +48,48 @@ pub struct Args {
     /// Use the extension already installed in the PostgreSQL of `PG_BIN` (no `cargo pgrx install`).
     #[arg(long)]
     no_install: bool,
+    /// Add the numbering variants that issue 13 asks to measure: a per-thread advisory lock with
+    /// the next number read from the table (what a shared-memory counter would cost on a miss,
+    /// with no counter row), and threadcast's numbering over a non-unique (thread, seq) index.
+    #[arg(long)]
+    variants: bool,
+    /// Extra cluster settings, NAME=VALUE (for example synchronous_commit=off, to take the disk
+    /// out of the measurement).
+    #[arg(long = "setting", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
 }
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or("expected NAME=VALUE")?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// The numbering variants of `--variants`: nothing is announced; only how a number is taken differs.
+const VARIANTS: &[(&str, Feed, &str)] = &[
+    (
+        "lock+max",
+        Feed::Silent,
+        "CREATE FUNCTION number_reply() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           PERFORM pg_advisory_xact_lock(hashtext(NEW.feedback_id::text));
+           NEW.thread_seq := coalesce((SELECT max(r.thread_seq) FROM feedback_replies r
+                                        WHERE r.feedback_id = NEW.feedback_id), 0) + 1;
+           RETURN NEW;
+         END $$;
+         ALTER TABLE feedback_replies ADD COLUMN thread_seq bigint;
+         CREATE UNIQUE INDEX ON feedback_replies (feedback_id, thread_seq);
+         CREATE TRIGGER number_reply BEFORE INSERT ON feedback_replies
+           FOR EACH ROW EXECUTE FUNCTION number_reply();",
+    ),
+    (
+        "nonunique",
+        Feed::Silent,
+        "SELECT threadcast.enable('public.feedback_replies');
+         ALTER TABLE feedback_replies DISABLE TRIGGER threadcast_notify;
+         DROP INDEX feedback_replies_feedback_id_thread_seq_idx;
+         CREATE INDEX ON feedback_replies (feedback_id, thread_seq);",
+    ),
+];
 
 /// One set-up of the table: its column name, the extension it uses, how its changes are
 /// announced, and the SQL that attaches its trigger.
@@ -272,6 +313,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut setups: Vec<Setup> = SETUPS
         .iter()
         .chain(args.logical.then_some(&LOGICAL))
+        .chain(VARIANTS.iter().filter(|_| args.variants))
         .filter(|(name, _, _)| wanted(name))
         .map(|(name, feed, sql)| Setup {
             name: name.to_string(),
@@ -293,6 +335,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.logical {
         settings.extend([("wal_level", "logical"), ("max_replication_slots", "4")]);
     }
+    settings.extend(args.settings.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let cluster = cluster::create("bench", &settings)?;
     let result = measure(&cluster, &args, &setups);
     let _ = cluster.stop();
