@@ -31,6 +31,8 @@ pub static RING_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Seconds a worker stays with its database with nothing to send (0: for good).
 pub static IDLE_SECS: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// Milliseconds a worker lets changes gather after it sent some (`threadcast.batch_window`).
+pub static WINDOW_MS: GucSetting<i32> = GucSetting::<i32>::new(1);
 
 /// The smallest ring: a change of the largest kind (8000 bytes and its header) must fit.
 const MIN_RING_KB: i32 = 16;
@@ -58,6 +60,16 @@ pub fn define_settings() {
         64,
         GucContext::Postmaster,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"threadcast.batch_window",
+        c"Milliseconds a batch worker lets changes gather after it announced some.",
+        c"Under load, fewer and fuller notifications (each is a transaction of the worker's); at most this much is added to an announcement's delay. An idle worker announces at once.",
+        &WINDOW_MS,
+        0,
+        100,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"threadcast.batch_idle_timeout",

@@ -1,7 +1,9 @@
 //! The batch workers: background processes that take committed changes out of a database's ring
 //! (`ring.rs`) and announce them, packed into as few NOTIFYs as fit in 8,000 bytes each, in one
 //! short transaction per drain. Under batched delivery they are the only processes that take
-//! PostgreSQL's notification commit lock; the writers never do.
+//! PostgreSQL's notification commit lock; the writers never do. After a drain that sent
+//! something, a worker lets changes gather for `threadcast.batch_window` (1 ms) before the next:
+//! under load that turns many small transactions of its own into a few full ones.
 //!
 //! There are `threadcast.batch_workers` of them, registered when the server starts (it needs
 //! `shared_preload_libraries = 'threadcast'`), one per ring. A worker waits, connected to no
@@ -87,11 +89,24 @@ pub extern "C-unwind" fn threadcast_batch_worker(arg: pg_sys::Datum) {
     // SAFETY: reading the clock has no preconditions.
     let mut active_at = unsafe { pg_sys::GetCurrentTimestamp() };
     loop {
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: reloading the configuration file is what SIGHUP asks of a process.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
         // From here on, an append sets the latch again: nothing appended after this is missed.
         slot.rearm();
         if drainer.drain() {
             // SAFETY: as above.
             active_at = unsafe { pg_sys::GetCurrentTimestamp() };
+            // Busy: let the next changes gather for a moment, so that under load one transaction
+            // of ours announces many commits (each drain is a transaction, with its commit
+            // record and the notification lock). Idle, the next change is announced at once.
+            let window = ring::WINDOW_MS.get();
+            if window > 0 {
+                // SAFETY: a plain sleep; an append meanwhile sets the latch, so the wait below
+                // returns at once.
+                unsafe { pg_sys::pg_usleep(i64::from(window) * 1000) };
+            }
         }
         slot.beat();
         let idle = i64::from(ring::IDLE_SECS.get()) * 1_000_000;
