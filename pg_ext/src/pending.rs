@@ -187,20 +187,25 @@ fn publish() {
         // SAFETY: MyDatabaseId is set in every backend that commits.
         let database = unsafe { pg_sys::MyDatabaseId };
         let events = p.marks.len() as u64;
-        match ring::claim(database) {
-            None => ring::count_unslotted(),
-            Some(slot) if p.overflowed => slot.overflow(events + p.dropped),
-            Some(slot) => {
-                if slot.append(database, &p.bytes, events) == Appended::Moved {
-                    // Given up between the lookup and the lock: take a ring again, once.
-                    match ring::claim(database) {
-                        Some(slot) => {
-                            slot.append(database, &p.bytes, events);
-                        }
-                        None => ring::count_unslotted(),
-                    }
+        // A ring given up by its idle worker between the lookup and the lock is taken again,
+        // once; a second miss (every ring taken meanwhile) is counted, and the broadcaster's
+        // anti-entropy sweep reads the changes.
+        let mut appended = Appended::Moved;
+        for _ in 0..2 {
+            appended = match ring::claim(database) {
+                None => break,
+                Some(slot) if p.overflowed => {
+                    slot.overflow(events + p.dropped);
+                    Appended::Overflow
                 }
+                Some(slot) => slot.append(database, &p.bytes, events),
+            };
+            if appended != Appended::Moved {
+                break;
             }
+        }
+        if appended == Appended::Moved {
+            ring::count_unslotted();
         }
         p.clear();
     });

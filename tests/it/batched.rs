@@ -5,13 +5,15 @@
 //! delivery and fault tests of `delivery.rs`, `extension_delivery.rs` and `faults.rs` run in
 //! both modes as well.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use threadcast_broadcaster::Config;
 use threadcast_payload::{DeliveryMode, Payload, Resync, ResyncReason};
 use threadcast_tests::db::Heard;
 use threadcast_tests::{
-    assert_every_subscriber_got_exactly_once, in_both_modes, Cluster, Subscriber, TestDb,
+    assert_every_subscriber_got_exactly_once, eventually, in_both_modes, Cluster, Subscriber, TestDb,
     TestServer, Writer,
 };
 use tokio_postgres::Client;
@@ -79,15 +81,18 @@ async fn doctor(client: &Client, check: &str) -> (bool, String) {
 }
 
 /// Writers inserting round-robin into `threads` until stopped, retrying through outages.
-fn burst(
-    db: &TestDb,
-    threads: &[Uuid],
-    writers: usize,
-) -> (CancellationToken, Vec<tokio::task::JoinHandle<u64>>) {
+struct Burst {
+    stop: CancellationToken,
+    written: Arc<AtomicU64>,
+    writers: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+fn burst(db: &TestDb, threads: &[Uuid], writers: usize) -> Burst {
     let stop = CancellationToken::new();
+    let written = Arc::new(AtomicU64::new(0));
     let handles = (0..writers)
         .map(|w| {
-            let (stop, threads) = (stop.clone(), threads.to_vec());
+            let (stop, written, threads) = (stop.clone(), written.clone(), threads.to_vec());
             let mut writer = Writer::new(&db.admin_url);
             tokio::spawn(async move {
                 let mut i = 0;
@@ -96,6 +101,7 @@ fn burst(
                     writer
                         .insert_reply(thread, &format!("writer {w} reply {i}"))
                         .await;
+                    written.fetch_add(1, Ordering::SeqCst);
                     i += 1;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -103,16 +109,32 @@ fn burst(
             })
         })
         .collect();
-    (stop, handles)
+    Burst {
+        stop,
+        written,
+        writers: handles,
+    }
 }
 
-async fn finish(stop: CancellationToken, writers: Vec<tokio::task::JoinHandle<u64>>) -> u64 {
-    stop.cancel();
-    let mut retries = 0;
-    for writer in writers {
-        retries += writer.await.expect("a writer does not panic");
+impl Burst {
+    /// Waits until `more` replies beyond those written so far are stored.
+    async fn wait_for_more(&self, more: u64) {
+        let target = self.written.load(Ordering::SeqCst) + more;
+        eventually(&format!("{target} replies to be written"), || async {
+            self.written.load(Ordering::SeqCst) >= target
+        })
+        .await;
     }
-    retries
+
+    /// Stops the writers; returns how many writes had to be retried.
+    async fn finish(self) -> u64 {
+        self.stop.cancel();
+        let mut retries = 0;
+        for writer in self.writers {
+            retries += writer.await.expect("a writer does not panic");
+        }
+        retries
+    }
 }
 
 async fn threads(db: &TestDb, n: usize) -> Vec<Uuid> {
@@ -297,7 +319,7 @@ async fn a_batch_worker_told_to_stop_mid_burst_comes_back_resyncs_and_loses_noth
         .iter()
         .map(|t| server.subscribe(format!("client of {t}"), *t))
         .collect();
-    let (stop, writers) = burst(&db, &threads, 3);
+    let writers = burst(&db, &threads, 3);
     let first = worker_pid(&db).await;
     let _ = heard.next_resync().await; // the first worker's own start
     db.client
@@ -313,7 +335,8 @@ async fn a_batch_worker_told_to_stop_mid_burst_comes_back_resyncs_and_loses_noth
     );
     let second = worker_pid(&db).await;
     assert_ne!(first, second, "a new worker serves the database");
-    finish(stop, writers).await;
+    writers.wait_for_more(30).await;
+    writers.finish().await;
     caught_up(&db, &subscribers).await;
     assert_every_subscriber_got_exactly_once(&db, subscribers).await;
 }
@@ -328,9 +351,9 @@ async fn kill_9_of_the_batch_worker_mid_burst_loses_nothing() {
         .flat_map(|t| (0..2).map(move |n| (n, *t)))
         .map(|(n, t)| server.subscribe(format!("client {n} of {t}"), t))
         .collect();
-    let (stop, writers) = burst(&db, &threads, 4);
+    let writers = burst(&db, &threads, 4);
     let pid = worker_pid(&db).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    writers.wait_for_more(40).await;
     // SAFETY: kill has no memory-safety preconditions; the pid is the worker's.
     assert_eq!(
         unsafe { libc::kill(pid, libc::SIGKILL) },
@@ -341,8 +364,8 @@ async fn kill_9_of_the_batch_worker_mid_burst_loses_nothing() {
     // the broadcaster reconnects, and a new worker starts.
     let again = worker_pid(&db).await;
     assert_ne!(pid, again);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let retries = finish(stop, writers).await;
+    writers.wait_for_more(40).await;
+    let retries = writers.finish().await;
     assert!(retries > 0, "the crash interrupted the writers");
     caught_up(&db, &subscribers).await;
     assert_every_subscriber_got_exactly_once(&db, subscribers).await;
@@ -359,14 +382,14 @@ async fn a_postgresql_crash_mid_burst_loses_nothing_committed() {
         .flat_map(|t| (0..2).map(move |n| (n, *t)))
         .map(|(n, t)| server.subscribe(format!("client {n} of {t}"), t))
         .collect();
-    let (stop, writers) = burst(&db, &threads, 4);
+    let writers = burst(&db, &threads, 4);
     worker_pid(&db).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    writers.wait_for_more(40).await;
     tokio::task::block_in_place(|| cluster.crash()).expect("crash the server");
     tokio::task::block_in_place(|| cluster.start_again()).expect("recover");
     worker_pid(&db).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let retries = finish(stop, writers).await;
+    writers.wait_for_more(40).await;
+    let retries = writers.finish().await;
     assert!(retries > 0, "the crash interrupted the writers");
     caught_up(&db, &subscribers).await;
     assert_every_subscriber_got_exactly_once(&db, subscribers).await;

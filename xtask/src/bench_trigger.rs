@@ -177,8 +177,7 @@ const LOGICAL: (&str, Feed, &str) = (
      END $$;
      CREATE TRIGGER emit_reply AFTER INSERT OR UPDATE ON feedback_replies
        FOR EACH ROW EXECUTE FUNCTION emit_reply();
-     CREATE PUBLICATION threadcast_bench_none;
-     SELECT pg_create_logical_replication_slot('threadcast_bench', 'pgoutput');",
+     CREATE PUBLICATION threadcast_bench_none;",
 );
 
 const INSERT_SCRIPT: &str = "\\set t random(1, :threads)
@@ -436,6 +435,13 @@ fn measure(cluster: &Cluster, args: &Args, setups: &[Setup]) -> Result<()> {
         )]))?;
         if !setup.sql.is_empty() {
             cmd::output(cluster.psql(&db).args(["-c", &setup.sql]))?;
+        }
+        if setup.feed == Feed::Logical {
+            // A statement of its own: a slot cannot be made in a transaction that wrote.
+            cmd::output(cluster.psql(&db).args([
+                "-c",
+                "SELECT pg_create_logical_replication_slot('threadcast_bench', 'pgoutput')",
+            ]))?;
         }
         let url = cluster.uri(&db, "postgres");
         consumers.push(rt.block_on(match setup.feed {
