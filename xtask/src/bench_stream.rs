@@ -36,6 +36,11 @@ pub struct Args {
     /// this build, and a table compares the two.
     #[arg(long)]
     before: Option<PathBuf>,
+    /// Latency rounds: with `--before`, the latency cases run this many times for each binary,
+    /// alternating, and the comparison takes the median of each one's rounds (a shared machine's
+    /// load comes and goes; alternating spreads it over both).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// The targets of issue 3, on a 2-core machine.
@@ -72,7 +77,7 @@ pub fn run(args: Args) -> Result<()> {
             bin: bin.clone(),
             capacity: Value::Null,
             shared: Value::Null,
-            latency: Value::Null,
+            latency: Vec::new(),
             fanout: Value::Null,
         })
         .collect();
@@ -90,18 +95,24 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         broadcaster.stop()?;
     }
+    for _ in 0..args.rounds.max(1) {
+        for run in &mut runs {
+            let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
+            run.latency.push(stack.loadgen(
+                &broadcaster,
+                &[
+                    "latency",
+                    "--cases",
+                    &args.cases,
+                    "--events",
+                    &args.events.to_string(),
+                ],
+            )?);
+            broadcaster.stop()?;
+        }
+    }
     for run in &mut runs {
         let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
-        run.latency = stack.loadgen(
-            &broadcaster,
-            &[
-                "latency",
-                "--cases",
-                &args.cases,
-                "--events",
-                &args.events.to_string(),
-            ],
-        )?;
         run.fanout = stack.loadgen(
             &broadcaster,
             &[
@@ -120,10 +131,11 @@ pub fn run(args: Args) -> Result<()> {
     let Run {
         capacity,
         shared,
-        latency,
+        mut latency,
         fanout,
         ..
     } = runs.pop().expect("this build was measured");
+    let latency = latency.pop().expect("at least one latency round");
 
     eprintln!("broadcaster log: {}", stack.log_path().display());
     println!("\n{machine}\n");
@@ -146,7 +158,8 @@ struct Run {
     bin: PathBuf,
     capacity: Value,
     shared: Value,
-    latency: Value,
+    /// One result per latency round.
+    latency: Vec<Value>,
     fanout: Value,
 }
 
@@ -160,14 +173,26 @@ impl Run {
             .next_back()
     }
 
-    /// p99 commit-to-receive at one thread with 1,000 subscribers, in µs.
-    fn p99_1x1000(&self) -> Option<f64> {
-        self.latency["latency"]
-            .as_array()?
+    /// p99 commit-to-receive at one thread with 1,000 subscribers, in µs, of each latency round.
+    fn p99s_1x1000(&self) -> Vec<f64> {
+        self.latency
             .iter()
-            .find(|c| c["threads"] == 1 && c["subscribers_per_thread"] == 1000)?["latency"]
-            ["p99_us"]
-            .as_f64()
+            .filter_map(|round| {
+                round["latency"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["threads"] == 1 && c["subscribers_per_thread"] == 1000)?["latency"]
+                    ["p99_us"]
+                    .as_f64()
+            })
+            .collect()
+    }
+
+    /// The median of [`Run::p99s_1x1000`].
+    fn p99_1x1000(&self) -> Option<f64> {
+        let mut p99s = self.p99s_1x1000();
+        p99s.sort_by(f64::total_cmp);
+        p99s.get(p99s.len() / 2).copied()
     }
 
     /// Events delivered per second at saturation.
@@ -216,6 +241,17 @@ fn print_comparison(runs: &[Run]) {
             _ => "?".to_owned(),
         };
         println!("| {name} | {} | {ratio} |", cells.join(" | "));
+    }
+    for run in runs {
+        println!(
+            "\np99 at 1 x 1,000 per round, {}: {} ms",
+            run.label,
+            run.p99s_1x1000()
+                .iter()
+                .map(|us| format!("{:.2}", us / 1000.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     println!();
 }

@@ -43,23 +43,6 @@ pub fn privileged(program: &str) -> Command {
     }
 }
 
-/// A command that runs as the `postgres` system user.
-pub fn as_postgres(program: impl AsRef<Path>) -> Command {
-    let mut c = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]);
-        c
-    } else {
-        let mut c = Command::new("sudo");
-        c.args(["-u", "postgres", "--"]);
-        c
-    };
-    c.arg(program.as_ref());
-    // A Rust backtrace in every ERROR's DETAIL is noise for a DBA.
-    c.env_remove("RUST_BACKTRACE");
-    c
-}
-
 fn describe(c: &Command) -> String {
     std::iter::once(c.get_program().to_string_lossy().into_owned())
         .chain(c.get_args().map(|a| a.to_string_lossy().into_owned()))
