@@ -23,6 +23,7 @@ pub mod replies;
 mod serve;
 pub mod source;
 pub mod sse;
+mod stall;
 pub mod store;
 pub mod stream;
 pub mod widget;

@@ -1,5 +1,5 @@
-//! Running commands: echo them, fail with context, and run servers as the `postgres` user,
-//! because PostgreSQL refuses to run as root.
+//! Running commands: echo them, fail with context, run them with root rights where needed.
+//! (Servers run as `postgres` through the harness's `cluster::as_postgres`.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
