@@ -5,6 +5,7 @@
 
 mod cors;
 mod ops;
+mod replies;
 mod stream_auth;
 mod support;
 mod wire;
