@@ -68,7 +68,7 @@ pub struct AppState {
     pub delivery: Delivery,
     pub keys: Arc<Keys>,
     pub metrics: Metrics,
-    /// Limits and statements of `POST /api/widget/replies`.
+    /// Limits and the rate limiter of `POST /api/widget/replies`.
     pub replies: Arc<Replies>,
     /// Fires on shutdown; long-lived responses end on it.
     pub shutdown: CancellationToken,

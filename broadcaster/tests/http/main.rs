@@ -4,6 +4,7 @@
 //! is the `threadcast-tests` crate's.)
 
 mod cors;
+mod demo;
 mod ops;
 mod replies;
 mod stream_auth;
