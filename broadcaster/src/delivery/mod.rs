@@ -159,6 +159,15 @@ impl Delivery {
             Verdict::Reject(error) => {
                 self.ctx.metrics.notifications_rejected.inc();
                 self.trust.warn_rejected(&error);
+                // Signed by a key that could not be read just now (the database unreachable,
+                // or key reads spent on forged ids): the change may be genuine. Its thread, if
+                // it has subscribers, reads the table instead, which takes nothing from the
+                // notification; so a rotation never costs a live change.
+                if let PayloadError::UnknownKey(_) = error {
+                    if let Some(thread) = self.trust.unverified_thread(channel, payload) {
+                        self.ctx.registry.send(&thread, ThreadMsg::Resync);
+                    }
+                }
             }
         }
     }
