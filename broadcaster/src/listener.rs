@@ -41,6 +41,8 @@ enum SessionEnd {
     Closed,
     #[error("the server did not answer a ping within {PING_TIMEOUT:?}")]
     PingTimeout,
+    #[error("cannot read the signing keys (has this role been granted them? SELECT threadcast.grant_listen('<role>')): {}", crate::error::chain(.0))]
+    Keys(#[source] crate::store::StoreError),
 }
 
 impl Listener {
@@ -103,6 +105,12 @@ impl Listener {
             _ = self.shutdown.cancelled() => return Ok(()),
             result = client.batch_execute(&listen) => result?,
         }
+        // The keys to check signatures with, read after LISTEN so that no key made in between is
+        // missed (a notification signed with a newer one makes delivery read them again).
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(()),
+            result = self.delivery.refresh_keys() => result.map_err(SessionEnd::Keys)?,
+        }
         self.ready.store(true, Ordering::SeqCst);
         // Up again: the next outage starts from short delays.
         *delays = delivery::backoff(self.max_backoff);
@@ -121,7 +129,7 @@ impl Listener {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 message = rx.recv() => match message {
-                    Some(Ok(notification)) => self.on_notification(&notification),
+                    Some(Ok(notification)) => self.on_notification(&notification).await,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(SessionEnd::Closed),
                 },
@@ -135,11 +143,12 @@ impl Listener {
         }
     }
 
-    fn on_notification(&self, notification: &Notification) {
+    async fn on_notification(&self, notification: &Notification) {
         self.metrics.notifications.inc();
         tracing::trace!(payload = notification.payload(), "notification");
         self.delivery
-            .notify(notification.channel(), notification.payload());
+            .notify(notification.channel(), notification.payload())
+            .await;
     }
 }
 

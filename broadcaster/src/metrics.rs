@@ -20,6 +20,8 @@ pub struct Metrics {
     pub events_delivered: Counter,
     /// Notifications received on the LISTEN connection.
     pub notifications: Counter,
+    /// Notifications dropped as not genuine: a bad or missing signature, or no payload at all.
+    pub notifications_rejected: Counter,
     /// Times the LISTEN connection was re-established after it dropped.
     pub reconnects: Counter,
     /// Holes in a thread's sequence (missed notifications) repaired from the table.
@@ -46,6 +48,10 @@ impl Metrics {
         let notifications = counter(
             "threadcast_notifications_received",
             "Notifications received on the LISTEN connection",
+        );
+        let notifications_rejected = counter(
+            "threadcast_notifications_rejected",
+            "Notifications dropped because their signature did not verify or they were malformed",
         );
         let reconnects = counter(
             "threadcast_listener_reconnects",
@@ -74,6 +80,7 @@ impl Metrics {
             open_streams,
             events_delivered,
             notifications,
+            notifications_rejected,
             reconnects,
             gap_fills,
             row_fetches,

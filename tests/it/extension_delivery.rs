@@ -66,12 +66,27 @@ async fn a_committed_insert_reaches_a_listener_with_the_exact_payload() {
         .await
         .unwrap()
         .get::<_, String>(0);
-    assert_eq!(
-        text,
-        format!(
-            r#"{{"v":1,"op":"I","table":"public.feedback_replies","thread":"{thread}","seq":1,"id":"{id}","row":{row}}}"#
-        ),
-        "the payload is exactly the documented format, with the row as row_to_json renders it"
+    let ids = db
+        .client
+        .query_one(
+            "SELECT 'public.feedback_replies'::regclass::oid::int8, (SELECT max(kid) FROM threadcast.keys)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (src, kid): (i64, i32) = (ids.get(0), ids.get(1));
+    let body = format!(
+        r#"{{"v":2,"op":"I","table":"public.feedback_replies","src":{src},"thread":"{thread}","seq":1,"id":"{id}","row":{row},"kid":{kid}"#
+    );
+    assert!(
+        text.starts_with(&body)
+            && text.len() == body.len() + 1 + threadcast_payload::SIGNATURE_BYTES,
+        "the payload is exactly the documented format, with the row as row_to_json renders it, \
+         and a signature: {text}"
+    );
+    assert!(
+        Payload::verify(&text, &db.keys().await).is_ok(),
+        "signed with a key of threadcast.keys"
     );
 }
 

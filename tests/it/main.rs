@@ -4,17 +4,22 @@
 //! and the browser tests Debian's Chromium and chromedriver. `cargo xtask test` sets all of that
 //! up; `cargo xtask test --quick` runs what needs neither.
 
+mod attacks;
 mod browser;
 mod delivery;
 mod demo;
 mod dockerfile_pins;
 mod extension_delivery;
 mod faults;
+mod forged;
 mod hostile_http;
 mod hostile_sql;
 mod least_privilege;
 mod lifecycle;
+mod replicas;
 mod replies;
 mod resume;
 mod service;
 mod serving;
+mod tenants;
+mod upgrade;

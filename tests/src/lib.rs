@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod attacker;
 pub mod browser;
 pub mod db;
 pub mod exactly_once;

@@ -59,12 +59,28 @@ pub fn run(args: Args) -> Result<()> {
         install.arg("--sudo");
     }
     cmd::run(&mut install)?;
+    install_upgrade_fixture()?;
 
     // 3. The payload contract, the broadcaster, and the black-box and browser tests in tests/.
     cmd::run(Command::new("cargo").current_dir(&repo).arg("test"))?;
 
     // 4. The widget's client tests (Node's test runner; no browser).
     widget()
+}
+
+/// The released 0.1.0's install script, which the upgrade tests (`tests/it/upgrade.rs`) start
+/// from. It is a test fixture, not part of the package: nobody should install 0.1.0 anew.
+fn install_upgrade_fixture() -> Result<()> {
+    let sharedir = cmd::output(Command::new(PG_CONFIG).arg("--sharedir"))?;
+    let script = "threadcast--0.1.0.sql";
+    let target = std::path::Path::new(sharedir.trim())
+        .join("extension")
+        .join(script);
+    cmd::run(
+        cmd::privileged("cp")
+            .arg(cmd::repo().join("tests/fixtures").join(script))
+            .arg(&target),
+    )
 }
 
 fn quick() -> Result<()> {

@@ -22,10 +22,13 @@ mod subscription;
 mod thread;
 mod trust;
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use threadcast_payload::PayloadError;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,11 +40,11 @@ pub(crate) use thread::backoff;
 
 use crate::metrics::Metrics;
 use crate::source::Source;
-use crate::store::{Store, PAGE_ROWS};
+use crate::store::{Store, StoreError, PAGE_ROWS};
 use msg::ThreadMsg;
 use registry::Registry;
 use thread::ThreadContext;
-use trust::Trust;
+use trust::{Trust, Verdict};
 
 /// How delivery is tuned.
 #[derive(Clone, Debug)]
@@ -70,6 +73,9 @@ pub struct Delivery {
     ctx: Arc<ThreadContext>,
     trust: Arc<Trust>,
     next_id: Arc<AtomicU64>,
+    /// Reads of the keys prompted by unknown key ids: at most one a second, so that forged ids
+    /// cannot turn into a query storm.
+    key_reads: Arc<DefaultDirectRateLimiter>,
 }
 
 impl Delivery {
@@ -96,6 +102,7 @@ impl Delivery {
             }),
             trust: Arc::new(Trust::new(source)),
             next_id: Arc::new(AtomicU64::new(1)),
+            key_reads: Arc::new(RateLimiter::direct(Quota::per_second(NonZeroU32::MIN))),
         }
     }
 
@@ -135,11 +142,45 @@ impl Delivery {
         )
     }
 
-    /// Takes one notification as the LISTEN connection received it.
-    pub fn notify(&self, channel: &str, payload: &str) {
-        if let Some((thread, notice)) = self.trust.admit(channel, payload) {
-            self.ctx.registry.send(&thread, ThreadMsg::Notice(notice));
+    /// Takes one notification as the LISTEN connection received it. One signed with a key not
+    /// known yet (a rotation) makes it read the keys again, at most once a second, and try again.
+    pub async fn notify(&self, channel: &str, payload: &str) {
+        let mut verdict = self.trust.admit(channel, payload);
+        if let Verdict::Reject(PayloadError::UnknownKey(_)) = verdict {
+            if self.key_reads.check().is_ok() && self.refresh_keys().await.is_ok() {
+                verdict = self.trust.admit(channel, payload);
+            }
         }
+        match verdict {
+            Verdict::Admit(thread, notice) => {
+                self.ctx.registry.send(&thread, ThreadMsg::Notice(notice))
+            }
+            Verdict::Ignore => {}
+            Verdict::Reject(error) => {
+                self.ctx.metrics.notifications_rejected.inc();
+                self.trust.warn_rejected(&error);
+                // Signed by a key that could not be read just now (the database unreachable,
+                // or key reads spent on forged ids): the change may be genuine. Its thread, if
+                // it has subscribers, reads the table instead, which takes nothing from the
+                // notification; so a rotation never costs a live change.
+                if let PayloadError::UnknownKey(_) = error {
+                    if let Some(thread) = self.trust.unverified_thread(channel, payload) {
+                        self.ctx.registry.send(&thread, ThreadMsg::Resync);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the signing keys from the store (each time the LISTEN connection is established,
+    /// and when a notification names a key not known yet).
+    pub async fn refresh_keys(&self) -> Result<(), StoreError> {
+        let keys = self.ctx.store.keys().await?;
+        if keys.is_empty() {
+            tracing::warn!("threadcast.keys holds no key: no notification can be trusted");
+        }
+        self.trust.set_keys(keys);
+        Ok(())
     }
 
     /// Asks every thread task to read what committed while notifications may have been missed

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
+use threadcast_payload::{Omitted, Op as PayloadOp, Payload, FORMAT_VERSION};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -92,7 +93,7 @@ async fn a_feed_joins_before_it_reads_the_table_so_nothing_committed_in_between_
     assert!(matches!(feed.next().await, Some(Step::Joined)));
     // Committed after the join: announced live, and also in the table the catch-up reads.
     let (_, payload) = rig.store.insert(thread, "new");
-    rig.delivery.notify(CHANNEL, &payload);
+    rig.delivery.notify(CHANNEL, &payload).await;
 
     let mut seqs = Vec::new();
     for _ in 0..3 {
@@ -121,7 +122,7 @@ async fn a_client_resuming_ahead_of_its_thread_task_is_not_sent_what_it_has_agai
 
     rig.delivery.resync_all();
     let (_, payload) = rig.store.insert(thread, "after the resync");
-    rig.delivery.notify(CHANNEL, &payload);
+    rig.delivery.notify(CHANNEL, &payload).await;
 
     assert_eq!(
         next_event(&mut resumed).await.seq,
@@ -146,7 +147,7 @@ async fn a_hole_and_a_left_out_row_are_read_from_the_table() {
         rig.store.insert(thread, &format!("missed {i}"));
     }
     let (_, payload) = rig.store.insert(thread, "announced");
-    rig.delivery.notify(CHANNEL, &payload);
+    rig.delivery.notify(CHANNEL, &payload).await;
 
     let mut got = Vec::new();
     for _ in 0..4 {
@@ -167,12 +168,26 @@ async fn a_forged_number_far_ahead_does_not_silence_the_thread() {
     let thread = rig.store.create_thread("t");
     let mut feed = rig.delivery.feed(&thread.to_string(), Start::Live);
     assert!(matches!(feed.next().await, Some(Step::Joined)));
-    let forged = format!(
-        r#"{{"v":1,"op":"I","table":"public.feedback_replies","thread":"{thread}","seq":1000000,"id":"x","omitted":"too_large"}}"#
-    );
-    rig.delivery.notify(CHANNEL, &forged);
+    // Signed with the store's own key: even a notification that verifies is trusted for no
+    // number past the thread's counter.
+    let forged = Payload {
+        v: FORMAT_VERSION,
+        op: PayloadOp::Insert,
+        table: "public.feedback_replies".into(),
+        src: Some(MemStore::source(false).oid),
+        thread: thread.to_string().into(),
+        seq: 1_000_000,
+        id: "x".into(),
+        row: None,
+        omitted: Some(Omitted::TooLarge),
+        kid: None,
+        sig: None,
+    }
+    .sign(&MemStore::KEY)
+    .unwrap();
+    rig.delivery.notify(CHANNEL, &forged).await;
     let (_, payload) = rig.store.insert(thread, "real");
-    rig.delivery.notify(CHANNEL, &payload);
+    rig.delivery.notify(CHANNEL, &payload).await;
 
     let (seq, _, data) = parts(&next_event(&mut feed).await);
     assert_eq!((seq, data["content"].as_str()), (1, Some("real")));
@@ -186,7 +201,7 @@ async fn a_subscriber_that_falls_behind_is_cut_off_after_what_it_had_queued() {
     assert!(matches!(slow.next().await, Some(Step::Joined)));
     for i in 1..=5 {
         let (_, payload) = rig.store.insert(thread, &format!("r{i}"));
-        rig.delivery.notify(CHANNEL, &payload);
+        rig.delivery.notify(CHANNEL, &payload).await;
     }
     let mut got = Vec::new();
     while let Some(step) = tokio::time::timeout(Duration::from_secs(10), slow.next())
@@ -312,6 +327,7 @@ fn check(client: &Client, table: &BTreeMap<i64, crate::store::Change>) -> Result
                 serde_json::from_str::<serde_json::Value>(row).unwrap()["id"].clone()
             }
             crate::store::ChangeBody::Delete { id } => serde_json::json!(id),
+            crate::store::ChangeBody::Reset => continue,
         };
         latest.insert(id.as_str().unwrap().to_owned(), *seq);
     }
@@ -354,9 +370,13 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
     let mut replies: Vec<Uuid> = Vec::new();
     let mut clients = vec![client(&rig.delivery, &key, 0)];
     let mut listening = true;
+    let delivery = rig.delivery.clone();
     let deliver = |listening: bool, payload: Option<String>| {
-        if let (true, Some(payload)) = (listening, payload) {
-            rig.delivery.notify(CHANNEL, &payload);
+        let delivery = delivery.clone();
+        async move {
+            if let (true, Some(payload)) = (listening, payload) {
+                delivery.notify(CHANNEL, &payload).await;
+            }
         }
     };
     for op in ops {
@@ -364,20 +384,20 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
             Op::Write { kind: 0, .. } | Op::Write { .. } if replies.is_empty() => {
                 let (id, payload) = rig.store.insert(thread, "a reply");
                 replies.push(id);
-                deliver(listening, Some(payload));
+                deliver(listening, Some(payload)).await;
             }
             Op::Write { kind: 0, .. } => {
                 let (id, payload) = rig.store.insert(thread, "a reply");
                 replies.push(id);
-                deliver(listening, Some(payload));
+                deliver(listening, Some(payload)).await;
             }
             Op::Write { kind: 1, pick } => {
                 let id = replies[pick % replies.len()];
-                deliver(listening, rig.store.update(id, &format!("edited {pick}")));
+                deliver(listening, rig.store.update(id, &format!("edited {pick}"))).await;
             }
             Op::Write { pick, .. } => {
                 let id = replies.remove(pick % replies.len());
-                deliver(listening, rig.store.delete(id));
+                deliver(listening, rig.store.delete(id)).await;
             }
             Op::Connect { from_percent } => {
                 let current = rig.store.current_seq(&key).await.unwrap_or(0);
@@ -402,7 +422,7 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
         rig.delivery.resync_all();
     }
     let (_, payload) = rig.store.insert(thread, "the last reply");
-    rig.delivery.notify(CHANNEL, &payload);
+    rig.delivery.notify(CHANNEL, &payload).await;
     let last = rig.store.current_seq(&key).await.unwrap();
     for (n, client) in clients.iter().enumerate() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

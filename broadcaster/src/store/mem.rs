@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde_json::value::RawValue;
-use threadcast_payload::{Omitted, Op, Payload, FORMAT_VERSION};
+use threadcast_payload::{Key, KeyRing, Omitted, Op, Payload, FORMAT_VERSION, KEY_BYTES};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -64,6 +64,13 @@ struct Row {
 }
 
 impl MemStore {
+    /// The key this store signs its notifications with, as the extension signs with a key of
+    /// `threadcast.keys`.
+    pub const KEY: Key = Key {
+        id: 1,
+        secret: [7; KEY_BYTES],
+    };
+
     /// A store for `source` whose notifications nobody receives (tests hand them over
     /// themselves, from what each write returns).
     pub fn new(source: Source) -> Self {
@@ -86,7 +93,7 @@ impl MemStore {
     /// A source as `threadcast.sources` would describe `public.feedback_replies`.
     pub fn source(keys_only: bool) -> Source {
         Source {
-            oid: 0,
+            oid: 16384,
             name: "public.feedback_replies".into(),
             channel: "threadcast".into(),
             keys_only,
@@ -163,13 +170,20 @@ impl MemStore {
             v: FORMAT_VERSION,
             op: Op::Delete,
             table: self.source.name.as_str().into(),
+            src: Some(self.source.oid),
             thread: thread.as_str().into(),
             seq,
             id: id.to_string().into(),
             row: None,
             omitted: None,
+            kid: None,
+            sig: None,
         };
-        self.send(payload.encode().expect("a delete's payload fits"))
+        self.send(
+            payload
+                .sign(&MemStore::KEY)
+                .expect("a delete's payload fits"),
+        )
     }
 
     fn store_row(&self, thread: Uuid, mut row: Row) -> String {
@@ -194,14 +208,21 @@ impl MemStore {
             v: FORMAT_VERSION,
             op,
             table: self.source.name.as_str().into(),
+            src: Some(self.source.oid),
             thread: thread.into(),
             seq,
             id: row.id.to_string().into(),
             row: (!self.source.keys_only).then_some(raw),
             omitted: self.source.keys_only.then_some(Omitted::KeysOnly),
+            kid: None,
+            sig: None,
         };
-        self.send(payload.encode().expect("a row-less payload fits"))
-            .expect("sent")
+        self.send(
+            payload
+                .sign(&MemStore::KEY)
+                .expect("a row-less payload fits"),
+        )
+        .expect("sent")
     }
 
     fn send(&self, payload: String) -> Option<String> {
@@ -347,6 +368,11 @@ impl Store for MemStore {
             Ok(Stored::Created(row_json(thread, *seq, row)))
         })();
         async move { stored }.boxed()
+    }
+
+    fn keys(&self) -> BoxFuture<'_, Result<KeyRing, StoreError>> {
+        let keys = self.read(|_| KeyRing::new([MemStore::KEY]));
+        async move { keys }.boxed()
     }
 
     fn demo_thread(&self) -> BoxFuture<'_, Result<Option<DemoThread>, StoreError>> {

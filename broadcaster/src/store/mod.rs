@@ -8,7 +8,7 @@ mod pg;
 use std::error::Error;
 
 use futures::future::BoxFuture;
-use threadcast_payload::ChangeKind;
+use threadcast_payload::{ChangeKind, KeyRing};
 use uuid::Uuid;
 
 use crate::auth::Role;
@@ -37,6 +37,8 @@ pub enum ChangeBody {
     Reply { row: String },
     /// A delete, with the deleted row's key.
     Delete { id: String },
+    /// The table was truncated: every earlier change of the thread is gone.
+    Reset,
 }
 
 impl Change {
@@ -45,6 +47,7 @@ impl Change {
         match self.body {
             ChangeBody::Reply { .. } => ChangeKind::Reply,
             ChangeBody::Delete { .. } => ChangeKind::Delete,
+            ChangeBody::Reset => ChangeKind::Reset,
         }
     }
 
@@ -53,6 +56,7 @@ impl Change {
         match &self.body {
             ChangeBody::Reply { row } => Event::reply(self.seq, row),
             ChangeBody::Delete { id } => Event::delete(self.seq, id),
+            ChangeBody::Reset => Event::reset(self.seq),
         }
     }
 }
@@ -146,4 +150,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// The first feedback thread, for the demo page.
     fn demo_thread(&self) -> BoxFuture<'_, Result<Option<DemoThread>, StoreError>>;
+
+    /// The keys that sign notifications (`threadcast.keys`, readable by a role that
+    /// `threadcast.grant_listen()` named).
+    fn keys(&self) -> BoxFuture<'_, Result<KeyRing, StoreError>>;
 }

@@ -12,7 +12,7 @@
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use threadcast_payload::ChangeKind;
+use threadcast_payload::{ChangeKind, Key, KeyRing};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
@@ -137,6 +137,19 @@ impl PgStore {
         Ok(Stored::Existing(row.get(0)))
     }
 
+    async fn read_keys(&self) -> Result<KeyRing, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT kid, secret FROM threadcast.keys", &[])
+            .await
+            .map_err(query_error)?;
+        // A malformed row (which the table's CHECK forbids) verifies nothing; skip it.
+        Ok(KeyRing::new(rows.iter().filter_map(|row| {
+            let kid: i32 = row.get(0);
+            Key::from_row(u32::try_from(kid).ok()?, row.get(1))
+        })))
+    }
+
     async fn first_thread(&self) -> Result<Option<DemoThread>, StoreError> {
         let client = self.client().await?;
         let titled = client
@@ -221,12 +234,17 @@ impl Store for PgStore {
     fn demo_thread(&self) -> BoxFuture<'_, Result<Option<DemoThread>, StoreError>> {
         self.first_thread().boxed()
     }
+
+    fn keys(&self) -> BoxFuture<'_, Result<KeyRing, StoreError>> {
+        self.read_keys().boxed()
+    }
 }
 
 fn change(row: &tokio_postgres::Row) -> Option<Change> {
     let seq: i64 = row.get(0);
     let body = match ChangeKind::parse(row.get(1)) {
         Some(ChangeKind::Delete) => ChangeBody::Delete { id: row.get(2) },
+        Some(ChangeKind::Reset) => ChangeBody::Reset,
         // A kind this build does not know is read as the row it carries, as before kinds
         // were named: a reply in its current state.
         Some(ChangeKind::Reply) | None => ChangeBody::Reply {

@@ -46,7 +46,7 @@ async fn metrics_count_streams_notifications_and_deliveries() {
     let mut frames = Frames::of(response);
     frames.until("retry:").await;
     let (_, payload) = api.store.insert(thread, "counted");
-    api.state.delivery.notify("threadcast", &payload);
+    api.state.delivery.notify("threadcast", &payload).await;
     frames.until("counted").await;
 
     let (status, headers, body) = api.answer(get("/metrics", &[])).await;

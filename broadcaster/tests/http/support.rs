@@ -52,7 +52,7 @@ impl Api {
         let delivery = state.delivery.clone();
         tokio::spawn(async move {
             while let Some(payload) = notifications.recv().await {
-                delivery.notify(&source.channel, &payload);
+                delivery.notify(&source.channel, &payload).await;
             }
         });
         state.set_ready(true);

@@ -41,9 +41,9 @@ async fn a_reply_and_a_delete_are_framed_with_their_seq_kind_and_data() {
     let mut frames = open(&api, thread, "", &[]).await;
     frames.until("retry:").await;
     let (id, payload) = api.store.insert(thread, "hi\nthere");
-    api.state.delivery.notify("threadcast", &payload);
+    api.state.delivery.notify("threadcast", &payload).await;
     let deleted = api.store.delete(id).unwrap();
-    api.state.delivery.notify("threadcast", &deleted);
+    api.state.delivery.notify("threadcast", &deleted).await;
 
     let text = frames
         .until(&format!("{{\"id\":\"{id}\"}}\n\n"))
@@ -92,7 +92,7 @@ async fn last_event_id_replays_what_was_missed_then_goes_live() {
     let mut frames = open(&api, thread, "&lastEventId=1", &[("last-event-id", "2")]).await;
     frames.until("r3").await;
     let (_, payload) = api.store.insert(thread, "live");
-    api.state.delivery.notify("threadcast", &payload);
+    api.state.delivery.notify("threadcast", &payload).await;
     let text = frames.until("live").await;
     let ids: Vec<&str> = text
         .lines()
@@ -142,7 +142,7 @@ async fn a_posted_reply_is_answered_with_its_row_and_reaches_the_stream_once() {
     assert_eq!(row["author_type"], "end_user");
 
     let (_, payload) = api.store.insert(thread, "next");
-    api.state.delivery.notify("threadcast", &payload);
+    api.state.delivery.notify("threadcast", &payload).await;
     let text = frames.until("next").await;
     assert_eq!(text.matches("Hello!").count(), 1, "once: {text:?}");
 }

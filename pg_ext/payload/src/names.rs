@@ -62,17 +62,20 @@ pub enum ChangeKind {
     Reply,
     /// A deleted row, by its key.
     Delete,
+    /// The table was truncated: every earlier change of the thread is gone.
+    Reset,
 }
 
 impl ChangeKind {
     /// Every kind.
-    pub const ALL: [ChangeKind; 2] = [ChangeKind::Reply, ChangeKind::Delete];
+    pub const ALL: [ChangeKind; 3] = [ChangeKind::Reply, ChangeKind::Delete, ChangeKind::Reset];
 
-    /// The SQL and SSE spelling: `reply` or `delete`.
+    /// The SQL and SSE spelling: `reply`, `delete` or `reset`.
     pub const fn as_str(self) -> &'static str {
         match self {
             ChangeKind::Reply => "reply",
             ChangeKind::Delete => "delete",
+            ChangeKind::Reset => "reset",
         }
     }
 

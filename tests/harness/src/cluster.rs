@@ -72,13 +72,19 @@ impl Cluster {
     /// A new test cluster in a temp folder, removed on drop; panics with the server's log if it
     /// cannot start.
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// Like [`Cluster::start`], with `extra` settings besides the test ones (`wal_level`, ...).
+    pub fn start_with(extra: &[(&str, &str)]) -> Cluster {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let root = std::env::temp_dir().join(format!(
             "threadcast-test-{}-{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut cluster = Cluster::create(&root, TEST_SETTINGS).unwrap_or_else(|e| panic!("{e}"));
+        let settings: Vec<(&str, &str)> = TEST_SETTINGS.iter().chain(extra).copied().collect();
+        let mut cluster = Cluster::create(&root, &settings).unwrap_or_else(|e| panic!("{e}"));
         cluster.remove_on_drop = true;
         cluster
     }
