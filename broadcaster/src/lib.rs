@@ -24,6 +24,7 @@ pub mod sse;
 mod stall;
 pub mod stream;
 mod thread;
+pub mod tls;
 pub mod widget;
 
 use std::sync::atomic::AtomicBool;
@@ -35,7 +36,6 @@ use axum::Router;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -75,8 +75,8 @@ pub struct AppState {
 /// Why the broadcaster could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("DATABASE_URL is not a valid connection string")]
-    DatabaseUrl(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    DatabaseUrl(#[from] tls::DatabaseConfigError),
     #[error("cannot create the database pool: {0}")]
     Pool(String),
     #[error("cannot connect to the database")]
@@ -139,10 +139,10 @@ impl Broadcaster {
                 return Err(StartError::Origin(origin.clone()));
             }
         }
-        let mut pg: tokio_postgres::Config = config
-            .database_url
-            .parse()
-            .map_err(StartError::DatabaseUrl)?;
+        // TLS (sslmode, sslrootcert, client certificates) applies to the pool and LISTEN alike.
+        let tls::DatabaseConfig {
+            mut pg, connector, ..
+        } = tls::database_config(&config.database_url)?;
         pg.connect_timeout(Duration::from_secs(5))
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(10))
@@ -152,7 +152,7 @@ impl Broadcaster {
         pool_pg.application_name(format!("{APPLICATION_NAME}-fetch"));
         let manager = Manager::from_config(
             pool_pg,
-            NoTls,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -195,6 +195,7 @@ impl Broadcaster {
         tasks.spawn(
             Listener {
                 pg: listen_pg,
+                tls: connector,
                 source: source.clone(),
                 hub: hub.clone(),
                 metrics: metrics.clone(),

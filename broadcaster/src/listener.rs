@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::poll_fn;
 use threadcast_payload::Payload;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Notification};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -28,6 +28,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Owns the LISTEN connection for the life of the broadcaster.
 pub(crate) struct Listener {
     pub pg: tokio_postgres::Config,
+    pub tls: crate::tls::Connector,
     pub source: Arc<Source>,
     pub hub: Hub,
     pub metrics: Metrics,
@@ -73,7 +74,7 @@ impl Listener {
     /// One connection's life: connect, LISTEN, resync, then pass on notifications until the
     /// connection fails (Err) or shutdown (Ok).
     async fn session(&self, backoff: &mut Backoff, sessions: &mut u64) -> Result<(), SessionEnd> {
-        let connect = self.pg.connect(NoTls);
+        let connect = self.pg.connect(self.tls.clone());
         let (client, mut connection) = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
             result = connect => result?,

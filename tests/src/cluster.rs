@@ -45,6 +45,13 @@ impl Cluster {
 
     /// Initialises and starts a new cluster; panics with the server's log if it cannot.
     pub fn start() -> Cluster {
+        Cluster::start_with(|_| {})
+    }
+
+    /// Like [`Cluster::start`], but `prepare` may change the new data folder first (settings,
+    /// `pg_hba.conf`, certificates; files it writes must belong to `postgres`:
+    /// [`chown_to_postgres`]).
+    pub fn start_with(prepare: impl FnOnce(&Path)) -> Cluster {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let root = std::env::temp_dir().join(format!(
             "threadcast-test-{}-{}",
@@ -73,6 +80,7 @@ impl Cluster {
                 ])
                 .arg(cluster.data_dir()),
         );
+        prepare(&cluster.data_dir());
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
         cluster
     }
@@ -177,7 +185,8 @@ fn as_postgres(command: &Command) -> Command {
     wrapped
 }
 
-fn chown_to_postgres(path: &Path) {
+/// Gives `path` to `postgres` when we are root (the server must own what it reads).
+pub fn chown_to_postgres(path: &Path) {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return;

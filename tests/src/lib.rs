@@ -20,9 +20,12 @@ pub mod browser;
 pub mod cluster;
 pub mod db;
 pub mod exactly_once;
+pub mod pki;
+pub mod scratch;
 pub mod server;
 pub mod sse;
 pub mod subscriber;
+pub mod tls_cluster;
 pub mod writer;
 
 use std::future::Future;
