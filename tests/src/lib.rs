@@ -17,10 +17,15 @@
 //! ```
 
 pub mod browser;
+pub mod capture;
 pub mod cluster;
 pub mod db;
 pub mod exactly_once;
+pub mod https;
+pub mod nginx;
 pub mod pki;
+pub mod proxied;
+pub mod relay;
 pub mod scratch;
 pub mod server;
 pub mod sse;
