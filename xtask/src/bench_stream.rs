@@ -25,6 +25,12 @@ pub struct Args {
     /// Seconds per fan-out step.
     #[arg(long, default_value_t = 5)]
     step_secs: u64,
+    /// Run the multi-replica cases (capacity over several replicas, failover, the primary's
+    /// cost per listening replica) instead of the single-replica ones.
+    #[arg(long)]
+    multi_replica: bool,
+    #[command(flatten)]
+    multi: crate::bench_replicas::Args,
 }
 
 /// The targets of issue 3, on a 2-core machine.
@@ -37,6 +43,10 @@ pub fn run(args: Args) -> Result<()> {
     // returns, and a shared machine's disk would only make the write rate jitter.
     let stack = Stack::up("bench-stream", &[("synchronous_commit", "off")])?;
     let machine = stack::machine();
+    if args.multi_replica {
+        println!("\n{machine}\n");
+        return crate::bench_replicas::run(&stack, &args.multi);
+    }
 
     // Capacity first, on a fresh broadcaster, so that RSS with no streams means what it says.
     let most: usize = args

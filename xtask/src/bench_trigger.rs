@@ -12,7 +12,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::cluster::Cluster;
 use crate::cmd;
-use crate::setup::{self, PG_BIN, PG_CONFIG};
+use crate::setup::{self, pg_bin, PG_CONFIG};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -99,7 +99,7 @@ fn pgbench(
     args: &Args,
 ) -> Result<f64> {
     let out = cmd::output(
-        Command::new(format!("{PG_BIN}/pgbench"))
+        Command::new(format!("{}/pgbench", pg_bin()))
             .args(["-n", "-h", "127.0.0.1", "-U", "postgres", "-p"])
             .arg(cluster.port.to_string())
             .arg("-c")

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use crate::cmd::{self, as_postgres};
-use crate::setup::PG_BIN;
+use crate::setup::pg_bin;
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -44,7 +44,7 @@ impl Cluster {
         if dir.exists() {
             // A cluster left running by an interrupted run would hold the folder.
             let _ = cmd::output(
-                as_postgres(format!("{PG_BIN}/pg_ctl"))
+                as_postgres(format!("{}/pg_ctl", pg_bin()))
                     .arg("stop")
                     .arg("-m")
                     .arg("immediate")
@@ -57,7 +57,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         cmd::run(Command::new("chown").arg("postgres:postgres").arg(&dir))?;
         cmd::output(
-            as_postgres(format!("{PG_BIN}/initdb"))
+            as_postgres(format!("{}/initdb", pg_bin()))
                 .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
                 .arg(dir.join("data")),
         )?;
@@ -71,7 +71,7 @@ impl Cluster {
             options.push_str(&format!(" -c {k}={v}"));
         }
         cmd::run(
-            as_postgres(format!("{PG_BIN}/pg_ctl"))
+            as_postgres(format!("{}/pg_ctl", pg_bin()))
                 .args(["start", "-w", "-s", "-D"])
                 .arg(dir.join("data"))
                 .arg("-l")
@@ -88,7 +88,7 @@ impl Cluster {
 
     /// Runs psql against `db` with `args`, stopping at the first error.
     pub fn psql(&self, db: &str) -> Command {
-        let mut c = Command::new(format!("{PG_BIN}/psql"));
+        let mut c = Command::new(format!("{}/psql", pg_bin()));
         c.args([
             "-X",
             "-q",
@@ -118,7 +118,7 @@ impl Cluster {
 
     pub fn stop(&self) {
         let _ = cmd::output(
-            as_postgres(format!("{PG_BIN}/pg_ctl"))
+            as_postgres(format!("{}/pg_ctl", pg_bin()))
                 .args(["stop", "-m", "fast", "-s", "-D"])
                 .arg(self.dir.join("data")),
         );

@@ -2,11 +2,13 @@
 //! brings up PostgreSQL with the extension and the broadcaster, `test` runs every test, `bench`
 //! measures.
 
+mod bench_replicas;
 mod bench_stream;
 mod bench_trigger;
 mod cluster;
 mod cmd;
 mod demo;
+mod procstat;
 mod setup;
 mod soak;
 mod stack;

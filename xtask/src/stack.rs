@@ -28,23 +28,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Sets up, installs the release build of the extension, builds the release broadcaster and
+    /// Sets up, installs the release build of the extension (unless `PG_BIN` names a PostgreSQL
+    /// that has it already), builds the release broadcaster and
     /// load generator, and creates the cluster `name` with the database and `settings`.
     pub fn up(name: &str, settings: &[(&str, &str)]) -> Result<Stack> {
         setup::run()?;
         let repo = cmd::repo();
-        let mut install = Command::new("cargo");
-        install.current_dir(repo.join("pg_ext")).args([
-            "pgrx",
-            "install",
-            "--release",
-            "--pg-config",
-            PG_CONFIG,
-        ]);
-        if !cmd::is_root() {
-            install.arg("--sudo");
+        if !setup::own_pg_bin() {
+            install_extension()?;
         }
-        cmd::run(&mut install)?;
         cmd::run(Command::new("cargo").current_dir(&repo).args([
             "build",
             "--release",
@@ -53,7 +45,12 @@ impl Stack {
             "-p",
             "threadcast-loadgen",
         ]))?;
+        Stack::create(name, settings)
+    }
 
+    /// The cluster `name` with the database and `settings`, for binaries already built.
+    fn create(name: &str, settings: &[(&str, &str)]) -> Result<Stack> {
+        let repo = cmd::repo();
         let mut all = vec![("max_connections", "200")];
         all.extend_from_slice(settings);
         let cluster = Cluster::create(name, &all)?;
@@ -152,6 +149,82 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Starts a load generator that keeps running (`loadgen hold`), talking over its stdin and
+    /// stdout; `first` stands for the replicas in the flags every phase takes.
+    pub fn loadgen_process(&self, first: &Broadcaster, args: &[String]) -> Result<Loadgen> {
+        let mut command = Command::new(self.bin.join("loadgen"));
+        command
+            .arg("--addr")
+            .arg(first.addr.to_string())
+            .arg("--pid")
+            .arg(first.pid().to_string())
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .env("THREADCAST_JWT_SECRET", &self.secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: as above.
+        unsafe {
+            command.pre_exec(|| {
+                raise_open_files();
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .context("cannot start the load generator")?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Loadgen {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// The connection string of the database, for psql.
+    pub fn psql(&self) -> Command {
+        self.cluster.psql("threadcast")
+    }
+}
+
+/// A running `loadgen hold`: one JSON object per line each way.
+pub struct Loadgen {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Loadgen {
+    /// The next line it prints, as JSON.
+    pub fn read(&mut self) -> Result<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the load generator exited ({:?})", self.child.try_wait()?);
+        }
+        serde_json::from_str(line.trim()).with_context(|| format!("load generator said {line}"))
+    }
+
+    /// Sends `command` and reads its answer.
+    pub fn ask(&mut self, command: &str) -> Result<serde_json::Value> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        self.read()
+    }
+}
+
+impl Drop for Loadgen {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         self.cluster.stop();
@@ -167,6 +240,13 @@ pub struct Broadcaster {
 impl Broadcaster {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL, as a crash would: its connections are closed by the kernel, mid-stream.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     /// SIGTERM, as an orchestrator would, then waits for the graceful shutdown; returns how
@@ -200,6 +280,23 @@ impl Drop for Broadcaster {
     }
 }
 
+/// Installs the release build of the extension into Debian's PostgreSQL.
+fn install_extension() -> Result<()> {
+    let repo = cmd::repo();
+    let mut install = Command::new("cargo");
+    install.current_dir(repo.join("pg_ext")).args([
+        "pgrx",
+        "install",
+        "--release",
+        "--pg-config",
+        PG_CONFIG,
+    ]);
+    if !cmd::is_root() {
+        install.arg("--sudo");
+    }
+    cmd::run(&mut install)
+}
+
 /// Sets the soft open-files limit to the hard one: every stream is a descriptor on both sides.
 /// (Raising the hard limit itself needs CAP_SYS_RESOURCE.)
 fn raise_open_files() {
@@ -214,6 +311,22 @@ fn raise_open_files() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
+}
+
+/// The body of `GET path` on `addr` (HTTP/1.1, `Connection: close`), or None.
+pub fn get_body(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    // The body may be chunked; chunk-size lines never look like `name value` series lines.
+    Some(text.split_once("\r\n\r\n")?.1.to_owned())
 }
 
 /// The status of `GET path` on `addr`, or None when it does not answer.
