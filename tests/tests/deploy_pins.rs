@@ -256,7 +256,8 @@ fn unit_value(unit: &str, key: &str) -> String {
 }
 
 #[test]
-fn the_systemd_unit_runs_unprivileged_replicas_where_nginx_sends_requests_with_room_for_their_streams() {
+fn the_systemd_unit_runs_unprivileged_replicas_where_nginx_sends_requests_with_room_for_their_streams(
+) {
     let unit = read("deploy/systemd/threadcast-broadcaster@.service");
     let nofile: u64 = unit_value(&unit, "LimitNOFILE").parse().unwrap();
     let max: u64 = unit
@@ -269,7 +270,11 @@ fn the_systemd_unit_runs_unprivileged_replicas_where_nginx_sends_requests_with_r
         nofile >= max + 1000,
         "LimitNOFILE {nofile} leaves 1,000 descriptors above {max} streams"
     );
-    assert_eq!(unit_value(&unit, "DynamicUser"), "yes", "no root, no fixed user");
+    assert_eq!(
+        unit_value(&unit, "DynamicUser"),
+        "yes",
+        "no root, no fixed user"
+    );
     assert!(
         unit.contains("Environment=THREADCAST_ADDR=127.0.0.1:%i"),
         "the instance name is the replica's port"
@@ -280,8 +285,18 @@ fn the_systemd_unit_runs_unprivileged_replicas_where_nginx_sends_requests_with_r
     );
     // The replicas nginx expects are instances of this unit.
     let nginx = read("deploy/nginx/threadcast.conf");
-    for line in nginx.lines().map(str::trim).filter(|l| l.starts_with("server 127.0.0.1:")) {
-        let port = line["server 127.0.0.1:".len()..].split_whitespace().next().unwrap();
-        assert!(port.parse::<u16>().is_ok(), "nginx upstream port {port} is a unit instance name");
+    for line in nginx
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("server 127.0.0.1:"))
+    {
+        let port = line["server 127.0.0.1:".len()..]
+            .split_whitespace()
+            .next()
+            .unwrap();
+        assert!(
+            port.parse::<u16>().is_ok(),
+            "nginx upstream port {port} is a unit instance name"
+        );
     }
 }

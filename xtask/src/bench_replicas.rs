@@ -47,8 +47,12 @@ pub struct Args {
     /// one's clients under their own open-files limit.
     #[arg(long, default_value_t = 12_000)]
     failover_streams_per_replica: usize,
+    /// Streams per thread in the failover case: more per thread puts more of each thread's
+    /// replies on streams that are moving.
+    #[arg(long, default_value_t = 30)]
+    failover_per_thread: usize,
     /// Replies per second written while a replica dies.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 300)]
     failover_rate: u32,
     /// Listening replicas to measure the primary's cost with.
     #[arg(long, default_value = "0,1,2,4,8,16")]
@@ -57,7 +61,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     listener_rate: u32,
     /// Seconds per listener measurement.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     listener_secs: u64,
 }
 
@@ -164,15 +168,26 @@ fn listen_pids(stack: &Stack) -> Result<Vec<u32>> {
     Ok(out.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
+/// One committed reply: its thread and seq, CLOCK_MONOTONIC ns when its INSERT was sent and when
+/// its COMMIT returned, and that round trip.
+#[derive(Clone, Copy)]
+struct Commit {
+    thread: u64,
+    seq: i64,
+    sent: u64,
+    returned: u64,
+    rtt: Duration,
+}
+
 /// Commits one reply to each of `threads` in turn, at `rate` per second, until `stop` (or `count`
-/// replies); returns (thread, seq, CLOCK_MONOTONIC ns after COMMIT returned, round trip).
+/// replies).
 fn write(
     url: &str,
     threads: Vec<u64>,
     rate: u32,
     count: Option<usize>,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<Vec<(u64, i64, u64, Duration)>>> {
+) -> std::thread::JoinHandle<Result<Vec<Commit>>> {
     let url = url.to_owned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -195,9 +210,15 @@ fn write(
             while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| i < c) {
                 tick.tick().await;
                 let thread = threads[i % threads.len()];
-                let started = Instant::now();
+                let (started, sent) = (Instant::now(), now_ns());
                 let row = client.query_one(&insert, &[&thread_key(thread)]).await?;
-                out.push((thread, row.get::<_, i64>(0), now_ns(), started.elapsed()));
+                out.push(Commit {
+                    thread,
+                    seq: row.get(0),
+                    sent,
+                    returned: now_ns(),
+                    rtt: started.elapsed(),
+                });
                 i += 1;
             }
             Ok(out)
@@ -276,7 +297,11 @@ fn capacity(stack: &Stack, args: &Args) -> Result<String> {
         thousands(held as u64),
         thousands(total as u64),
         listens.len(),
-        if listens.len() == args.replicas { "yes" } else { "NO" }
+        if listens.len() == args.replicas {
+            "yes"
+        } else {
+            "NO"
+        }
     ));
 
     // Latency: one reply at a time to threads across the range; each reaches its thread's
@@ -298,50 +323,75 @@ fn capacity(stack: &Stack, args: &Args) -> Result<String> {
     for loadgen in &mut loadgens {
         reports.push(loadgen.ask("report")?);
     }
-    let committed: HashMap<(u64, i64), u64> = commits
-        .iter()
-        .map(|&(t, seq, at, _)| ((t, seq), at))
-        .collect();
-    let mut receipts = Vec::new();
-    let mut everyone: HashMap<(u64, i64), (usize, u64)> = HashMap::new();
+    let committed: HashMap<(u64, i64), Commit> =
+        commits.iter().map(|c| ((c.thread, c.seq), *c)).collect();
+    // Latency from the COMMIT's return (a receipt that beat it counts as 0: the NOTIFY travels in
+    // parallel with the COMMIT's answer), and from the INSERT's sending (an upper bound).
+    let (mut receipts, mut from_sent, mut early) = (Vec::new(), Vec::new(), 0u64);
+    let mut everyone: HashMap<(u64, i64), (usize, u64, u64)> = HashMap::new();
     for report in &reports {
         for stamp in report["stamps"].as_array().into_iter().flatten() {
-            let key = (stamp[0].as_u64().unwrap_or(0), stamp[1].as_i64().unwrap_or(0));
+            let key = (
+                stamp[0].as_u64().unwrap_or(0),
+                stamp[1].as_i64().unwrap_or(0),
+            );
             if let Some(commit) = committed.get(&key) {
-                let latency = stamp[2].as_u64().unwrap_or(0).saturating_sub(*commit);
+                let at = stamp[2].as_u64().unwrap_or(0);
+                if at < commit.returned {
+                    early += 1;
+                }
+                let latency = at.saturating_sub(commit.returned);
+                let sent = at.saturating_sub(commit.sent);
                 receipts.push(latency);
+                from_sent.push(sent);
                 let entry = everyone.entry(key).or_default();
                 entry.0 += 1;
                 entry.1 = entry.1.max(latency);
+                entry.2 = entry.2.max(sent);
             }
         }
     }
     receipts.sort_unstable();
-    let mut all_reached: Vec<u64> = everyone
+    from_sent.sort_unstable();
+    let reached: Vec<&(usize, u64, u64)> = everyone
         .values()
-        .filter(|(n, _)| *n == args.per_thread)
-        .map(|(_, max)| *max)
+        .filter(|(n, _, _)| *n == args.per_thread)
         .collect();
+    let mut all_reached: Vec<u64> = reached.iter().map(|r| r.1).collect();
+    let mut all_reached_sent: Vec<u64> = reached.iter().map(|r| r.2).collect();
     all_reached.sort_unstable();
+    all_reached_sent.sort_unstable();
     let expected = commits.len() * args.per_thread;
     out.push_str(&format!(
         "A reply committed reaches its thread's {} streams on {} replicas ({} replies, one every 20 ms, while all {} streams are open)\n\n",
         args.per_thread, args.replicas, commits.len(), thousands(total as u64)
     ));
     out.push_str("| measured | samples | p50 | p99 | max |\n|---|---:|---:|---:|---:|\n");
+    for (what, samples, count) in [
+        ("COMMIT returned -> each stream", &receipts, receipts.len()),
+        (
+            "COMMIT returned -> every stream of the thread",
+            &all_reached,
+            all_reached.len(),
+        ),
+        ("INSERT sent -> each stream", &from_sent, from_sent.len()),
+        (
+            "INSERT sent -> every stream of the thread",
+            &all_reached_sent,
+            all_reached_sent.len(),
+        ),
+    ] {
+        out.push_str(&format!(
+            "| {what} | {} | {} | {} | {} |\n",
+            thousands(count as u64),
+            ms(percentile(samples, 50)),
+            ms(percentile(samples, 99)),
+            ms(samples.last().copied().unwrap_or(0))
+        ));
+    }
     out.push_str(&format!(
-        "| commit -> each stream | {} | {} | {} | {} |\n",
-        thousands(receipts.len() as u64),
-        ms(percentile(&receipts, 50)),
-        ms(percentile(&receipts, 99)),
-        ms(receipts.last().copied().unwrap_or(0))
-    ));
-    out.push_str(&format!(
-        "| commit -> every stream of the thread | {} | {} | {} | {} |\n",
-        all_reached.len(),
-        ms(percentile(&all_reached, 50)),
-        ms(percentile(&all_reached, 99)),
-        ms(all_reached.last().copied().unwrap_or(0))
+        "\nreceipts that arrived before the writer saw its COMMIT return (counted as 0 above): {}\n",
+        thousands(early)
     ));
     out.push_str(&format!(
         "\nreceipts missing: {}; streams checked against the table: {}\n",
@@ -374,7 +424,7 @@ fn exactly_once_line(reports: &[Value]) -> String {
 
 fn failover(stack: &Stack, args: &Args) -> Result<String> {
     let total = args.replicas * args.failover_streams_per_replica;
-    let threads = total / args.per_thread;
+    let threads = total / args.failover_per_thread;
     create_threads(stack, FAILOVER_THREADS, threads)?;
     let mut replicas = Vec::new();
     for _ in 0..args.replicas {
@@ -387,7 +437,7 @@ fn failover(stack: &Stack, args: &Args) -> Result<String> {
         &replicas,
         FAILOVER_THREADS,
         threads,
-        args.per_thread,
+        args.failover_per_thread,
         args.loadgens,
         &["--failover"],
     )?;
@@ -425,6 +475,13 @@ fn failover(stack: &Stack, args: &Args) -> Result<String> {
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().expect("the writer does not panic")?;
     std::thread::sleep(Duration::from_secs(3));
+    let mut survivors = Vec::new();
+    for replica in &replicas {
+        survivors.push((
+            metric(replica, "threadcast_open_streams"),
+            procstat::rss_bytes(replica.pid())?,
+        ));
+    }
     let mut statuses = Vec::new();
     let mut reports = Vec::new();
     for loadgen in &mut loadgens {
@@ -446,7 +503,7 @@ fn failover(stack: &Stack, args: &Args) -> Result<String> {
     let mut out = String::new();
     out.push_str(&format!(
         "Failover: {} replicas holding {} streams ({} threads x {}); replica 0 ({} streams) killed with SIGKILL while replies were written at {}/s\n\n",
-        args.replicas, thousands(total as u64), thousands(threads as u64), args.per_thread,
+        args.replicas, thousands(total as u64), thousands(threads as u64), args.failover_per_thread,
         thousands(victim_streams as u64), args.failover_rate
     ));
     out.push_str("| measured | value |\n|---|---:|\n");
@@ -463,12 +520,12 @@ fn failover(stack: &Stack, args: &Args) -> Result<String> {
         "| replies written during the case | {} |\n",
         thousands(written.len() as u64)
     ));
-    for (i, replica) in replicas.iter().enumerate() {
+    for (i, (streams, rss)) in survivors.iter().enumerate() {
         out.push_str(&format!(
             "| survivor {} afterwards: streams, RSS | {}, {} |\n",
             i + 1,
-            thousands(metric(replica, "threadcast_open_streams") as u64),
-            mib(procstat::rss_bytes(replica.pid())?)
+            thousands(*streams as u64),
+            mib(*rss)
         ));
     }
     out.push_str(&format!(
@@ -518,8 +575,7 @@ fn listeners(stack: &Stack, args: &Args) -> Result<String> {
         let mut all = procstat::children(postmaster);
         all.push(postmaster);
         let replica_pids: Vec<u32> = replicas.iter().map(Broadcaster::pid).collect();
-        let (all0, listen0, replicas0) =
-            (primary(&all), primary(&listens), primary(&replica_pids));
+        let (all0, listen0, replicas0) = (primary(&all), primary(&listens), primary(&replica_pids));
         let stop = Arc::new(AtomicBool::new(false));
         let writer = write(
             &stack.url,
@@ -543,7 +599,7 @@ fn listeners(stack: &Stack, args: &Args) -> Result<String> {
             "-c",
             "SELECT pg_notification_queue_usage()",
         ]))?;
-        let mut rtts: Vec<u64> = written.iter().map(|w| w.3.as_nanos() as u64).collect();
+        let mut rtts: Vec<u64> = written.iter().map(|w| w.rtt.as_nanos() as u64).collect();
         rtts.sort_unstable();
         let n = written.len().max(1) as f64;
         let per_listener = |cpu: f64| {

@@ -2,6 +2,7 @@
 //! brings up PostgreSQL with the extension and the broadcaster, `test` runs every test, `bench`
 //! measures.
 
+mod bench_proxy;
 mod bench_replicas;
 mod bench_stream;
 mod bench_trigger;
@@ -52,6 +53,9 @@ enum Bench {
     /// Commit-to-receive latency, RSS per idle stream, and fan-out at saturation, with the
     /// broadcaster and a load generator as processes of their own.
     Stream(bench_stream::Args),
+    /// A reply's latency through nginx (deploy/nginx/threadcast.conf, TLS) against straight to
+    /// the broadcaster, side by side.
+    Proxy(bench_proxy::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::run(),
         Task::Bench(Bench::Trigger(args)) => bench_trigger::run(args),
         Task::Bench(Bench::Stream(args)) => bench_stream::run(args),
+        Task::Bench(Bench::Proxy(args)) => bench_proxy::run(args),
         Task::Soak(args) => soak::run(args),
     }
 }

@@ -172,9 +172,7 @@ impl Stack {
                 Ok(())
             });
         }
-        let mut child = command
-            .spawn()
-            .context("cannot start the load generator")?;
+        let mut child = command.spawn().context("cannot start the load generator")?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
         Ok(Loadgen {
@@ -184,7 +182,17 @@ impl Stack {
         })
     }
 
-    /// The connection string of the database, for psql.
+    /// A one-hour token for `thread`, from the broadcaster's own `token` command.
+    pub fn token(&self, thread: &str) -> Result<String> {
+        let out = cmd::output(
+            Command::new(self.bin.join("threadcast-broadcaster"))
+                .args(["token", "--feedback-id", thread, "--ttl", "1h"])
+                .env("THREADCAST_JWT_SECRET", &self.secret),
+        )?;
+        Ok(out.trim().to_owned())
+    }
+
+    /// psql on the database.
     pub fn psql(&self) -> Command {
         self.cluster.psql("threadcast")
     }

@@ -162,7 +162,11 @@ pub async fn run(target: Arc<Target>, db: &str, args: Args) -> Result<Value> {
     let check = check_exactly_once(db, &received).await?;
     let stamps: Vec<Value> = received
         .iter()
-        .flat_map(|r| r.stamps.iter().map(move |(seq, at)| json!([r.thread, seq, at])))
+        .flat_map(|r| {
+            r.stamps
+                .iter()
+                .map(move |(seq, at)| json!([r.thread, seq, at]))
+        })
         .collect();
     Ok(json!({
         "streams": total,
@@ -339,7 +343,10 @@ async fn check_exactly_once(db: &str, received: &[Received]) -> Result<Value> {
             previous = seq;
         }
         let missing = seen[1..].iter().filter(|n| **n == 0).count() as u64;
-        let extra: u64 = seen[1..].iter().map(|n| u64::from(n.saturating_sub(1))).sum();
+        let extra: u64 = seen[1..]
+            .iter()
+            .map(|n| u64::from(n.saturating_sub(1)))
+            .sum();
         lost += missing;
         doubled += extra;
         if missing == 0 && extra == 0 {
