@@ -13,15 +13,22 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// Time `pid` has spent on a CPU, in seconds, from the scheduler's nanosecond count
-/// (`/proc/<pid>/schedstat`): finer than the 10 ms ticks of `stat`, for short measurements.
+/// Time `pid` has spent on a CPU, all its threads together, in seconds, from the scheduler's
+/// nanosecond counts (`/proc/<pid>/task/<tid>/schedstat`): finer than the 10 ms ticks of `stat`,
+/// for short measurements. (A thread that ended before the reading is not counted.)
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let schedstat = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
-    let ns: u64 = schedstat
-        .split_whitespace()
-        .next()
-        .context("empty schedstat")?
-        .parse()?;
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        let Ok(schedstat) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        ns += schedstat
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse::<u64>()?;
+    }
     Ok(ns as f64 / 1e9)
 }
 
