@@ -123,13 +123,7 @@ async fn twelve_event_sources_are_all_live_at_once_over_one_http2_origin_through
             "stream {i} got its own thread's reply"
         );
     }
-    let served: Vec<f64> = futures::future::join_all(
-        proxied
-            .replicas
-            .iter()
-            .map(|r| r.server.metric("threadcast_open_streams")),
-    )
-    .await;
+    let served = open_streams(&proxied).await;
     assert_eq!(
         served.iter().sum::<f64>(),
         STREAMS as f64,
@@ -157,6 +151,17 @@ async fn twelve_event_sources_are_all_live_at_once_over_one_http2_origin_through
     browser.quit().await;
 }
 
+/// Streams open on each replica, by its `threadcast_open_streams`.
+async fn open_streams(proxied: &Proxied) -> Vec<f64> {
+    futures::future::join_all(
+        proxied
+            .replicas
+            .iter()
+            .map(|r| r.server.metric("threadcast_open_streams")),
+    )
+    .await
+}
+
 fn stream_lines(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| l.contains("GET /api/widget/stream"))
@@ -169,13 +174,7 @@ async fn killing_a_replica_mid_conversation_resumes_every_stream_through_the_oth
     let mut proxied = Proxied::start(&db, 2).await;
     let browser = Browser::launch_trusting(&proxied.ca).await;
     let threads = arrange(&db, &proxied, &browser).await;
-    let before: Vec<f64> = futures::future::join_all(
-        proxied
-            .replicas
-            .iter()
-            .map(|r| r.server.metric("threadcast_open_streams")),
-    )
-    .await;
+    let before = open_streams(&proxied).await;
     assert!(
         before.iter().all(|n| *n > 0.0),
         "both replicas serve streams before one dies: {before:?}"

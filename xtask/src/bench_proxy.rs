@@ -165,15 +165,7 @@ async fn measure(
     mut direct: mpsc::UnboundedReceiver<(i64, Instant)>,
     mut proxied: mpsc::UnboundedReceiver<(i64, Instant)>,
 ) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
-    let insert = client
-        .prepare(
-            "INSERT INTO feedback_replies (feedback_id, author_type, author_name, content)
-             VALUES ($1::text::uuid, 'agency', 'Bench', 'A reply of ordinary length, about as long as people write.')
-             RETURNING thread_seq",
-        )
-        .await?;
+    let (client, insert) = stack::reply_writer(url).await?;
     // Both streams must be live before the first commit: a warm-up reply reaches both.
     let mut out = (Vec::new(), Vec::new());
     for i in 0..=events {

@@ -108,7 +108,8 @@ fn ms(us: &Value) -> String {
     format!("{:.2} ms", us.as_u64().unwrap_or(0) as f64 / 1000.0)
 }
 
-fn thousands(n: u64) -> String {
+/// `n` with a comma every three digits, as the tables print numbers.
+pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

@@ -321,6 +321,23 @@ fn raise_open_files() {
     }
 }
 
+/// A writer's connection to `url` and its statement that inserts one reply into a thread (`$1`,
+/// the thread key as text) and returns its seq.
+pub async fn reply_writer(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio_postgres::Statement)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let insert = client
+        .prepare(
+            "INSERT INTO feedback_replies (feedback_id, author_type, author_name, content)
+             VALUES ($1::text::uuid, 'agency', 'Bench', 'A reply of ordinary length, about as long as people write.')
+             RETURNING thread_seq",
+        )
+        .await?;
+    Ok((client, insert))
+}
+
 /// The body of `GET path` on `addr` (HTTP/1.1, `Connection: close`), or None.
 pub fn get_body(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;

@@ -25,6 +25,7 @@ mod capacity;
 mod failover;
 mod listeners;
 
+pub(crate) use crate::bench_stream::thousands;
 use crate::stack::{Broadcaster, Loadgen, Stack};
 
 #[derive(clap::Args)]
@@ -208,15 +209,7 @@ fn write(
             .enable_all()
             .build()?;
         rt.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(connection);
-            let insert = client
-                .prepare(
-                    "INSERT INTO feedback_replies (feedback_id, author_type, author_name, content)
-                     VALUES ($1::text::uuid, 'agency', 'Bench', 'A reply of ordinary length, about as long as people write.')
-                     RETURNING thread_seq",
-                )
-                .await?;
+            let (client, insert) = crate::stack::reply_writer(&url).await?;
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut out = Vec::new();
@@ -270,16 +263,4 @@ fn exactly_once_line(reports: &[Value]) -> String {
         sum("doubled"),
         sum("out_of_order")
     )
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
