@@ -138,6 +138,24 @@ async fn twelve_event_sources_are_all_live_at_once_over_one_http2_origin_through
     browser
         .eval::<bool>("(tc.sources.forEach((es) => es.close()), true)")
         .await;
+    // The browser's own account of each stream's protocol: its resource timing entry, which it
+    // records once the response has ended.
+    const STREAM_ENTRIES: &str = "performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/widget/stream'))";
+    browser
+        .wait_until(
+            "a resource timing entry for every closed stream",
+            &format!("{STREAM_ENTRIES}.length >= {STREAMS}"),
+            Duration::from_secs(30),
+        )
+        .await;
+    let protocols: Vec<String> = browser
+        .eval(&format!("{STREAM_ENTRIES}.map((e) => e.nextHopProtocol)"))
+        .await;
+    assert_eq!(
+        protocols,
+        vec!["h2"; STREAMS],
+        "the browser says every stream went over HTTP/2"
+    );
     threadcast_tests::eventually("nginx to log the closed streams", || async {
         stream_lines(&proxied.nginx.access_log()).len() >= STREAMS
     })
