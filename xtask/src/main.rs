@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: PostgreSQL 15 and its headers, libclang, sudo, Chromium and its
-    /// driver, Node.js, and cargo-pgrx 0.18.0.
+    /// driver, nginx and certutil, Node.js, and cargo-pgrx 0.18.0.
     Setup,
     /// Set up, start a throwaway PostgreSQL with the extension and demo data, and run the
     /// broadcaster with its demo page until Ctrl-C.
