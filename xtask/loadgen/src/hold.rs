@@ -76,6 +76,8 @@ struct Received {
     seqs: Vec<i64>,
     /// (seq, CLOCK_MONOTONIC ns), with `--record`.
     stamps: Vec<(i64, u64)>,
+    /// CLOCK_MONOTONIC ns of its last rejoin after a disconnect, if it had to.
+    rejoined: Option<u64>,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the same clock in every process of the machine.
@@ -168,8 +170,10 @@ pub async fn run(target: Arc<Target>, db: &str, args: Args) -> Result<Value> {
                 .map(move |(seq, at)| json!([r.thread, seq, at]))
         })
         .collect();
+    let rejoined: Vec<u64> = received.iter().filter_map(|r| r.rejoined).collect();
     Ok(json!({
         "streams": total,
+        "rejoined_ns": rejoined,
         "status": status(&counts),
         "exactly_once": check,
         "stamps": stamps,
@@ -211,6 +215,7 @@ async fn hold_stream(s: Stream) -> Received {
         thread: s.number,
         seqs: Vec::new(),
         stamps: Vec::new(),
+        rejoined: None,
     };
     let mut buf = vec![0u8; 1024];
     let mut items = Vec::new();
@@ -266,6 +271,7 @@ async fn hold_stream(s: Stream) -> Received {
                         permit = None;
                         s.counts.live.fetch_add(1, Ordering::Relaxed);
                         if ever_joined {
+                            received.rejoined = Some(at);
                             s.counts.rejoins.fetch_add(1, Ordering::Relaxed);
                             s.counts.last_rejoin_ns.fetch_max(at, Ordering::Relaxed);
                         } else {

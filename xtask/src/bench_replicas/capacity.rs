@@ -13,8 +13,9 @@ use crate::procstat;
 use crate::stack::Stack;
 
 pub fn run(stack: &Stack, args: &Args) -> Result<String> {
-    let total = args.replicas * args.streams_per_replica;
-    let threads = total / args.per_thread;
+    let threads = args.replicas * args.streams_per_replica / args.per_thread;
+    // Whole threads: the streams actually held.
+    let total = threads * args.per_thread;
     create_threads(stack, CAPACITY_THREADS, threads)?;
     let mut replicas = Vec::new();
     for _ in 0..args.replicas {

@@ -12,8 +12,9 @@ use crate::procstat;
 use crate::stack::Stack;
 
 pub fn run(stack: &Stack, args: &Args) -> Result<String> {
-    let total = args.replicas * args.failover_streams_per_replica;
-    let threads = total / args.failover_per_thread;
+    let threads = args.replicas * args.failover_streams_per_replica / args.failover_per_thread;
+    // Whole threads: the streams actually held.
+    let total = threads * args.failover_per_thread;
     create_threads(stack, FAILOVER_THREADS, threads)?;
     let mut replicas = Vec::new();
     for _ in 0..args.replicas {
@@ -84,6 +85,14 @@ pub fn run(stack: &Stack, args: &Args) -> Result<String> {
             .map(|s| s[field].as_u64().unwrap_or(0))
             .sum()
     };
+    // When each cut stream was live again, from the kill.
+    let mut rejoins: Vec<u64> = reports
+        .iter()
+        .flat_map(|r| r["rejoined_ns"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_u64())
+        .map(|at| at.saturating_sub(killed_at))
+        .collect();
+    rejoins.sort_unstable();
     let last_rejoin = statuses
         .iter()
         .filter_map(|s| s["last_rejoin_ns"].as_u64())
@@ -104,6 +113,12 @@ pub fn run(stack: &Stack, args: &Args) -> Result<String> {
         "| kill -> last stream rejoined (resumed from its Last-Event-ID) | {} |\n| kill -> every stream live again (polled every 100 ms) | {} |\n",
         ms(last_rejoin.saturating_sub(killed_at)),
         ms(all_live_at.saturating_sub(killed_at))
+    ));
+    out.push_str(&format!(
+        "| kill -> cut streams rejoined: p50, p90, p99 | {}, {}, {} |\n",
+        ms(percentile(&rejoins, 50)),
+        ms(percentile(&rejoins, 90)),
+        ms(percentile(&rejoins, 99))
     ));
     out.push_str(&format!(
         "| replies written during the case | {} |\n",
