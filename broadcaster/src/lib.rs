@@ -141,8 +141,11 @@ impl Broadcaster {
         }
         // TLS (sslmode, sslrootcert, client certificates) applies to the pool and LISTEN alike.
         let tls::DatabaseConfig {
-            mut pg, connector, ..
+            mut pg,
+            connector,
+            tls,
         } = tls::database_config(&config.database_url)?;
+        tls.log(&pg);
         pg.connect_timeout(Duration::from_secs(5))
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(10))

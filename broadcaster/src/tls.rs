@@ -79,6 +79,37 @@ pub struct TlsSettings {
 }
 
 impl TlsSettings {
+    /// Says at start-up what the database connections do; warns when nothing is checked and the
+    /// database is reached over a network (not a Unix socket or loopback).
+    pub fn log(&self, pg: &tokio_postgres::Config) {
+        let over_a_network = pg.get_hosts().iter().any(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                name != "localhost"
+                    && !name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(_) => false,
+        });
+        match self.check() {
+            Check::ChainAndHost => {
+                tracing::info!(sslmode = ?self.mode, "database TLS: the server's certificate and name are checked")
+            }
+            Check::Chain => {
+                tracing::info!(sslmode = ?self.mode, "database TLS: the server's certificate is checked, not its name")
+            }
+            Check::Nothing if over_a_network => tracing::warn!(
+                sslmode = ?self.mode,
+                "the database is reached over a network and its server's certificate is not checked: \
+                 use sslmode=verify-full with sslrootcert"
+            ),
+            Check::Nothing => {
+                tracing::info!(sslmode = ?self.mode, "database TLS: nothing checked (a local database)")
+            }
+        }
+    }
+
     /// What the server's certificate is checked for under these settings.
     pub fn check(&self) -> Check {
         match (self.mode, &self.root_cert) {
