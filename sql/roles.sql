@@ -6,12 +6,14 @@
 -- your platform does, and put it in the broadcaster's DATABASE_URL.
 --
 -- What the broadcaster does not need, and so does not get: superuser, ownership of any table,
--- UPDATE or DELETE on the replies, any access to public.feedback, and any grant on the
+-- UPDATE or DELETE on the replies, any access to public.feedback, and any write to the
 -- extension's own tables. LISTEN needs no privilege; the extension's read functions run as
 -- their caller, so SELECT on the replies is what lets them read; threadcast.sources,
 -- threadcast.counters and threadcast.tombstones are readable by every role already, row-level
--- security showing each reader the rows of the tables it may SELECT; and an INSERT numbers its
--- row through the extension's SECURITY DEFINER trigger, never by writing the counters itself.
+-- security showing each reader the threads it can see; and an INSERT numbers its row through
+-- the extension's privileged helpers, never by writing the counters itself. The one grant on
+-- the extension's tables is SELECT on threadcast.keys, through threadcast.grant_listen(): the
+-- broadcaster checks every notification's signature with those keys.
 
 DO $$
 BEGIN
@@ -36,3 +38,6 @@ GRANT USAGE ON SCHEMA public, threadcast TO threadcast_broadcaster;
 -- keys-only), and a retried POST answered with the row already stored. INSERT: POST
 -- /api/widget/replies (its RETURNING needs the SELECT too).
 GRANT SELECT, INSERT ON public.feedback_replies TO threadcast_broadcaster;
+
+-- To verify the signature of every notification (docs/payload.md).
+SELECT threadcast.grant_listen('threadcast_broadcaster');

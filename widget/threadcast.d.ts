@@ -38,7 +38,9 @@ export interface SubscribeOptions {
   onReply?: (reply: Reply, previous: Reply | undefined) => void
   /** A reply was deleted; `previous` is undefined if the client never held it. */
   onDelete?: (id: string, previous: Reply | undefined) => void
-  /** The ordered list changed (after any onReply, and after a delete that removed something). */
+  /** The thread was reset (its table truncated): every earlier reply is gone, and the list is empty. */
+  onReset?: () => void
+  /** The ordered list changed (after any onReply, and after a delete or reset that removed something). */
   onChange?: (replies: Reply[]) => void
   /** The connection status changed. */
   onStatus?: (status: Status) => void

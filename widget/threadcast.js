@@ -39,6 +39,7 @@ export function subscribe({
   getToken,
   onReply,
   onDelete,
+  onReset,
   onChange,
   onStatus,
   history,
@@ -155,6 +156,16 @@ export function subscribe({
         byId.delete(id)
         onDelete && onDelete(id, prev)
         if (prev) changed()
+      }),
+    )
+    // The table was truncated: every earlier reply of the thread is gone.
+    s.addEventListener(
+      'reset',
+      handle(g, () => {
+        const had = byId.size > 0
+        byId.clear()
+        onReset && onReset()
+        if (had) changed()
       }),
     )
     // Refresh a little before the token expires: a new stream that resumes from lastSeq.

@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::auth::Role;
 use crate::error::ApiError;
+use crate::store::StoreError;
 use crate::widget::file;
 use crate::AppState;
 
@@ -62,44 +62,21 @@ async fn to_folder(RawQuery(query): RawQuery) -> Redirect {
 }
 
 /// The first feedback thread (`{"feedbackId", "title"}`), for a page opened without
-/// `?feedbackId=`. It reads `public.feedback` (the schema `sql/schema.sql` makes); when that
-/// table is missing or unreadable, it takes the first thread of the served table, untitled.
+/// `?feedbackId=`: the store's demo thread (`public.feedback`'s first, or the served table's).
 async fn demo_thread(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let client = state.pool.get().await.map_err(|e| {
-        tracing::warn!(error = %crate::error::chain(&e), "no database connection for /demo/thread");
-        ApiError::Unavailable("the database is unavailable; try again".into())
-    })?;
-    let titled = client
-        .query_opt(
-            "SELECT id::text, title FROM public.feedback ORDER BY created_at, id LIMIT 1",
-            &[],
-        )
-        .await;
-    let row = match titled {
-        Ok(row) => row,
-        Err(e)
-            if e.code() == Some(&SqlState::UNDEFINED_TABLE)
-                || e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
-        {
-            let source = &state.source;
-            let sql = format!(
-                "SELECT {thread}::text, NULL::text FROM {table} ORDER BY {thread} LIMIT 1",
-                thread = source.thread_column,
-                table = source.name
-            );
-            client
-                .query_opt(&sql, &[])
-                .await
-                .map_err(ApiError::internal)?
+    let thread = state.store.demo_thread().await.map_err(|e| match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(error = %crate::error::chain(&e), "no database connection for /demo/thread");
+            ApiError::Unavailable("the database is unavailable; try again".into())
         }
-        Err(e) => return Err(ApiError::internal(e)),
-    };
-    let row = row.ok_or_else(|| {
+        StoreError::Query(_) => ApiError::internal(e),
+    })?;
+    let thread = thread.ok_or_else(|| {
         ApiError::NotFound("there is no feedback thread yet; load sql/demo.sql".into())
     })?;
     Ok(Json(serde_json::json!({
-        "feedbackId": row.get::<_, String>(0),
-        "title": row.get::<_, Option<String>>(1),
+        "feedbackId": thread.id,
+        "title": thread.title,
     })))
 }
 

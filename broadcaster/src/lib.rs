@@ -4,30 +4,31 @@
 //! [`run`] serves on a listener the caller bound until the shutdown token fires; [`app`] is the
 //! router, for callers (and tests) that serve it themselves. The library never binds a port or
 //! reads the environment: `main.rs` does.
+//!
+//! The database is behind [`store::Store`]: [`Broadcaster::start`] builds the state on
+//! PostgreSQL, and [`AppState::new`] builds it on any store, such as the in-memory
+//! [`store::MemStore`] with which the whole HTTP API is tested without a database.
 
 pub mod auth;
-mod backoff;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod error;
-pub mod fetch;
-pub mod hub;
+mod fast_path;
 mod listener;
 pub mod metrics;
 pub mod ops;
-mod queue;
 pub mod rate;
 pub mod replies;
 mod serve;
 pub mod source;
 pub mod sse;
-mod stall;
+pub mod store;
 pub mod stream;
-mod thread;
 pub mod tls;
 pub mod widget;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,24 +45,26 @@ use tracing::Level;
 
 pub use crate::config::Config;
 pub use crate::error::ApiError;
-pub use crate::listener::APPLICATION_NAME;
+pub use threadcast_payload::APPLICATION_NAME;
 
 use crate::auth::Keys;
-use crate::hub::{Hub, ThreadContext};
+use crate::delivery::{Delivery, Settings};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
 use crate::replies::Replies;
 use crate::source::{Source, SourceError};
+use crate::store::{PgStore, Store};
 
 /// Everything a handler may need; cheap to clone (every field is shared).
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    /// The small pool for reading rows (catch-up, gap repair); also for other features' queries.
-    pub pool: Pool,
-    /// The table served.
+    /// The served table: catch-up, history, posted replies.
+    pub store: Arc<dyn Store>,
+    /// The table served, as `threadcast.sources` describes it.
     pub source: Arc<Source>,
-    pub hub: Hub,
+    /// Exactly-once delivery of the table's changes to streams.
+    pub delivery: Delivery,
     pub keys: Arc<Keys>,
     pub metrics: Metrics,
     /// Limits and statements of `POST /api/widget/replies`.
@@ -70,6 +73,53 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     streams: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// The state for serving `source` through `store`. Nothing is started and nothing listens:
+    /// notifications reach streams through `delivery` ([`Delivery::notify`]), and `/readyz` says
+    /// ready once [`AppState::set_ready`] says so. Thread tasks run on `tasks`; everything long
+    /// lived ends on `shutdown`.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        source: Arc<Source>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        let metrics = Metrics::new();
+        let delivery = Delivery::new(
+            store.clone(),
+            &source,
+            Settings {
+                subscriber_buffer: config.subscriber_buffer,
+                max_backoff: config.max_backoff,
+                ..Settings::default()
+            },
+            metrics.clone(),
+            shutdown.clone(),
+            tasks,
+        );
+        AppState {
+            streams: Arc::new(Semaphore::new(
+                config.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            keys: Arc::new(Keys::new(&config.jwt_secret.0)),
+            replies: Arc::new(Replies::new(&config)),
+            config: Arc::new(config),
+            store,
+            source,
+            delivery,
+            metrics,
+            shutdown,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Tells `/readyz` whether notifications are being received (the LISTEN connection is up).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
 }
 
 /// Why the broadcaster could not start or serve.
@@ -182,46 +232,29 @@ impl Broadcaster {
         }
 
         let tasks = TaskTracker::new();
-        let metrics = Metrics::new();
-        let hub = Hub::new(ThreadContext {
-            pool: pool.clone(),
-            source: source.clone(),
-            metrics: metrics.clone(),
-            subscriber_buffer: config.subscriber_buffer,
-            max_backoff: config.max_backoff,
-            shutdown: shutdown.clone(),
-            tasks: tasks.clone(),
-        });
-        let ready = Arc::new(AtomicBool::new(false));
+        let store = Arc::new(PgStore::new(pool, (*source).clone()));
+        let state = AppState::new(
+            config,
+            store,
+            source.clone(),
+            shutdown.clone(),
+            tasks.clone(),
+        );
         let mut listen_pg = pg;
         listen_pg.application_name(APPLICATION_NAME);
         tasks.spawn(
             Listener {
                 pg: listen_pg,
                 tls: connector,
-                source: source.clone(),
-                hub: hub.clone(),
-                metrics: metrics.clone(),
-                ready: ready.clone(),
-                max_backoff: config.max_backoff,
-                shutdown: shutdown.clone(),
+                source,
+                delivery: state.delivery.clone(),
+                metrics: state.metrics.clone(),
+                ready: state.ready.clone(),
+                max_backoff: state.config.max_backoff,
+                shutdown,
             }
             .run(),
         );
-        let state = AppState {
-            streams: Arc::new(Semaphore::new(
-                config.max_connections.min(Semaphore::MAX_PERMITS),
-            )),
-            keys: Arc::new(Keys::new(&config.jwt_secret.0)),
-            replies: Arc::new(Replies::new(&config, &source)),
-            config: Arc::new(config),
-            pool,
-            source,
-            hub,
-            metrics,
-            shutdown,
-            ready,
-        };
         Ok(Broadcaster { state, tasks })
     }
 

@@ -1,25 +1,20 @@
-//! The one LISTEN connection: receives the extension's notifications and hands them to the hub;
-//! when it drops, reconnects with capped exponential backoff, LISTENs again and has every live
-//! thread read what committed in between.
+//! The one LISTEN connection: receives the extension's notifications and hands them to delivery;
+//! when it drops, reconnects with capped exponential backoff (with jitter), LISTENs again and has
+//! every live thread read what committed in between.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::ExponentialBackoff;
 use futures::future::poll_fn;
-use threadcast_payload::Payload;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Notification};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::hub::Hub;
+use crate::delivery::{self, Delivery};
 use crate::metrics::Metrics;
 use crate::source::Source;
-
-/// The `application_name` of the LISTEN connection, by which operators (and the tests) find it in
-/// `pg_stat_activity`.
-pub const APPLICATION_NAME: &str = "threadcast-broadcaster";
 
 /// How often the idle LISTEN connection is probed, so that a silent network cut is noticed.
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -30,7 +25,7 @@ pub(crate) struct Listener {
     pub pg: tokio_postgres::Config,
     pub tls: crate::tls::Connector,
     pub source: Arc<Source>,
-    pub hub: Hub,
+    pub delivery: Delivery,
     pub metrics: Metrics,
     /// True while LISTEN is in force; `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
@@ -47,20 +42,22 @@ enum SessionEnd {
     Closed,
     #[error("the server did not answer a ping within {PING_TIMEOUT:?}")]
     PingTimeout,
+    #[error("cannot read the signing keys (has this role been granted them? SELECT threadcast.grant_listen('<role>')): {}", crate::error::chain(.0))]
+    Keys(#[source] crate::store::StoreError),
 }
 
 impl Listener {
     /// Listens until shutdown, reconnecting whenever the connection drops.
     pub async fn run(self) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), self.max_backoff);
+        let mut delays = delivery::backoff(self.max_backoff);
         let mut sessions = 0u64;
         while !self.shutdown.is_cancelled() {
-            let result = self.session(&mut backoff, &mut sessions).await;
+            let result = self.session(&mut delays, &mut sessions).await;
             self.ready.store(false, Ordering::SeqCst);
             match result {
                 Ok(()) => return,
                 Err(error) => {
-                    let delay = backoff.next_delay();
+                    let delay = delays.next().unwrap_or(self.max_backoff);
                     tracing::warn!(%error, ?delay, "LISTEN connection lost; reconnecting");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
@@ -73,7 +70,11 @@ impl Listener {
 
     /// One connection's life: connect, LISTEN, resync, then pass on notifications until the
     /// connection fails (Err) or shutdown (Ok).
-    async fn session(&self, backoff: &mut Backoff, sessions: &mut u64) -> Result<(), SessionEnd> {
+    async fn session(
+        &self,
+        delays: &mut ExponentialBackoff,
+        sessions: &mut u64,
+    ) -> Result<(), SessionEnd> {
         let connect = self.pg.connect(self.tls.clone());
         let (client, mut connection) = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
@@ -105,16 +106,23 @@ impl Listener {
             _ = self.shutdown.cancelled() => return Ok(()),
             result = client.batch_execute(&listen) => result?,
         }
+        // The keys to check signatures with, read after LISTEN so that no key made in between is
+        // missed (a notification signed with a newer one makes delivery read them again).
+        tokio::select! {
+            _ = self.shutdown.cancelled() => return Ok(()),
+            result = self.delivery.refresh_keys() => result.map_err(SessionEnd::Keys)?,
+        }
         self.ready.store(true, Ordering::SeqCst);
-        backoff.reset();
+        // Up again: the next outage starts from short delays.
+        *delays = delivery::backoff(self.max_backoff);
         *sessions += 1;
         if *sessions > 1 {
-            self.metrics.reconnects.increment(1);
+            self.metrics.reconnects.inc();
         }
         tracing::info!(channel = %self.source.channel, "listening");
         // Whatever committed before LISTEN took effect reached nobody; the live threads read it
         // from the table. Their inboxes get this before any notification received from now on.
-        self.hub.resync_all();
+        self.delivery.resync_all();
 
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
@@ -122,7 +130,7 @@ impl Listener {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 message = rx.recv() => match message {
-                    Some(Ok(notification)) => self.on_notification(&notification),
+                    Some(Ok(notification)) => self.on_notification(&notification).await,
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(SessionEnd::Closed),
                 },
@@ -136,22 +144,12 @@ impl Listener {
         }
     }
 
-    fn on_notification(&self, notification: &Notification) {
-        self.metrics.notifications.increment(1);
+    async fn on_notification(&self, notification: &Notification) {
+        self.metrics.notifications.inc();
         tracing::trace!(payload = notification.payload(), "notification");
-        if notification.channel() != self.source.channel {
-            return;
-        }
-        match Payload::decode(notification.payload()) {
-            // The channel may be shared with other sources; only ours is served.
-            Ok(payload) if payload.table == self.source.name => self.hub.dispatch(&payload),
-            Ok(payload) => {
-                tracing::trace!(table = %payload.table, "notification for another table")
-            }
-            Err(error) => {
-                tracing::warn!(%error, "ignoring a notification that is not a threadcast payload")
-            }
-        }
+        self.delivery
+            .notify(notification.channel(), notification.payload())
+            .await;
     }
 }
 

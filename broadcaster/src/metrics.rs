@@ -1,19 +1,27 @@
-//! The broadcaster's Prometheus metrics, registered on a recorder of its own (not the global
-//! one), so that several broadcasters in one process (tests, benchmarks) keep separate counts.
+//! The broadcaster's Prometheus metrics, on a `prometheus-client` registry of its own (not a
+//! global one), so that several broadcasters in one process (tests, benchmarks) keep separate
+//! counts. Names and help texts are registered once, here; the rest of the code holds typed
+//! handles.
 
-use metrics::{Counter, Gauge, Key, KeyName, Level, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Handles to every metric the broadcaster keeps, and the renderer for `/metrics`.
 #[derive(Clone)]
 pub struct Metrics {
-    handle: PrometheusHandle,
+    registry: Arc<Registry>,
     /// Streams open right now.
     pub open_streams: Gauge,
     /// Events written to streams (catch-up and live).
     pub events_delivered: Counter,
     /// Notifications received on the LISTEN connection.
     pub notifications: Counter,
+    /// Notifications dropped as not genuine: a bad or missing signature, or no payload at all.
+    pub notifications_rejected: Counter,
     /// Times the LISTEN connection was re-established after it dropped.
     pub reconnects: Counter,
     /// Holes in a thread's sequence (missed notifications) repaired from the table.
@@ -24,69 +32,67 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
 }
 
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 impl Metrics {
-    /// Registers every metric on a fresh recorder.
+    /// Registers every metric on a fresh registry. Counters are rendered with `_total` added.
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let metadata = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-        let counter = |name: &'static str, help: &'static str| {
-            recorder.describe_counter(
-                KeyName::from(name),
-                Some(Unit::Count),
-                SharedString::from(help),
-            );
-            recorder.register_counter(&Key::from_static_name(name), &metadata)
+        let mut registry = Registry::default();
+        let mut counter = |name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
         };
-        let metrics = Metrics {
-            handle: recorder.handle(),
-            open_streams: {
-                let name = "threadcast_open_streams";
-                recorder.describe_gauge(KeyName::from(name), None, "Streams open right now".into());
-                recorder.register_gauge(&Key::from_static_name(name), &metadata)
-            },
-            events_delivered: counter(
-                "threadcast_events_delivered_total",
-                "Events written to streams",
-            ),
-            notifications: counter(
-                "threadcast_notifications_received_total",
-                "Notifications received on the LISTEN connection",
-            ),
-            reconnects: counter(
-                "threadcast_listener_reconnects_total",
-                "Times the LISTEN connection was re-established after it dropped",
-            ),
-            gap_fills: counter(
-                "threadcast_gap_fills_total",
-                "Missed notifications repaired by reading the table",
-            ),
-            row_fetches: counter(
-                "threadcast_row_fetches_total",
-                "Rows read from the table because their notification left them out",
-            ),
-            slow_consumer_disconnects: counter(
-                "threadcast_slow_consumer_disconnects_total",
-                "Subscribers disconnected because their buffer was full",
-            ),
-        };
-        // Every series shows from the start, so that dashboards and tests need not guess.
-        metrics.open_streams.set(0.0);
-        for c in [
-            &metrics.events_delivered,
-            &metrics.notifications,
-            &metrics.reconnects,
-            &metrics.gap_fills,
-            &metrics.row_fetches,
-            &metrics.slow_consumer_disconnects,
-        ] {
-            c.increment(0);
+        let events_delivered = counter("threadcast_events_delivered", "Events written to streams");
+        let notifications = counter(
+            "threadcast_notifications_received",
+            "Notifications received on the LISTEN connection",
+        );
+        let notifications_rejected = counter(
+            "threadcast_notifications_rejected",
+            "Notifications dropped because their signature did not verify or they were malformed",
+        );
+        let reconnects = counter(
+            "threadcast_listener_reconnects",
+            "Times the LISTEN connection was re-established after it dropped",
+        );
+        let gap_fills = counter(
+            "threadcast_gap_fills",
+            "Missed notifications repaired by reading the table",
+        );
+        let row_fetches = counter(
+            "threadcast_row_fetches",
+            "Rows read from the table because their notification left them out",
+        );
+        let slow_consumer_disconnects = counter(
+            "threadcast_slow_consumer_disconnects",
+            "Subscribers disconnected because their buffer was full",
+        );
+        let open_streams = Gauge::default();
+        registry.register(
+            "threadcast_open_streams",
+            "Streams open right now",
+            open_streams.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            open_streams,
+            events_delivered,
+            notifications,
+            notifications_rejected,
+            reconnects,
+            gap_fills,
+            row_fetches,
+            slow_consumer_disconnects,
         }
-        metrics
     }
 
-    /// The current values in the Prometheus text format.
+    /// The current values in the OpenMetrics text format (which Prometheus reads).
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
     }
 }
 
@@ -101,19 +107,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_metric_renders_with_the_threadcast_prefix() {
+    fn every_metric_renders_with_the_threadcast_prefix_from_the_start() {
         let metrics = Metrics::new();
-        metrics.slow_consumer_disconnects.increment(2);
+        metrics.slow_consumer_disconnects.inc_by(2);
         let text = metrics.render();
-        for name in [
-            "threadcast_open_streams",
-            "threadcast_events_delivered_total",
-            "threadcast_notifications_received_total",
-            "threadcast_listener_reconnects_total",
-            "threadcast_gap_fills_total",
+        for line in [
+            "threadcast_open_streams 0",
+            "threadcast_events_delivered_total 0",
+            "threadcast_notifications_received_total 0",
+            "threadcast_listener_reconnects_total 0",
+            "threadcast_gap_fills_total 0",
+            "threadcast_row_fetches_total 0",
             "threadcast_slow_consumer_disconnects_total 2",
         ] {
-            assert!(text.contains(name), "{name} missing from:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
         }
     }
 
@@ -121,10 +131,11 @@ mod tests {
     fn two_instances_count_separately() {
         let a = Metrics::new();
         let b = Metrics::new();
-        a.reconnects.increment(1);
+        a.reconnects.inc();
         assert!(
             b.render()
-                .contains("threadcast_listener_reconnects_total 0"),
+                .lines()
+                .any(|l| l == "threadcast_listener_reconnects_total 0"),
             "{}",
             b.render()
         );

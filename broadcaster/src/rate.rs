@@ -1,12 +1,18 @@
 //! A token-bucket rate limiter keyed by whatever the caller chooses (replies use thread + role),
-//! and `Rate`, its setting as the `--reply-rate` flag spells it (`5/s`, `30/m`, `off`).
+//! on governor, and `Rate`, its setting as the `--reply-rate` flag spells it (`5/s`, `30/m`,
+//! `off`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::Quota;
 
 /// A sustained rate with a burst: `burst` requests may come at once, then one per
 /// `1 / per_second` seconds.
@@ -72,76 +78,64 @@ impl fmt::Display for RateSpec {
     }
 }
 
-/// Buckets idle this long are full again and carry no information; a sweep drops them.
+/// A sweep of the limiter's keys runs at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Token buckets, one per key, created on first use and swept once they are full again, so that
-/// memory follows the number of recently active keys, not of all keys ever seen.
-pub struct RateLimiter<K> {
-    rate: Rate,
-    state: Mutex<Buckets<K>>,
+/// Token buckets, one per key, on governor's keyed GCRA limiter. Keys whose bucket is full again
+/// carry no information and are swept (`retain_recent`), so that memory follows the number of
+/// recently active keys, not of all keys ever seen.
+pub struct RateLimiter<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
+    limiter: governor::RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
+    last_sweep: Mutex<C::Instant>,
 }
 
-struct Buckets<K> {
-    buckets: HashMap<K, Bucket>,
-    last_sweep: Instant,
-}
-
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-impl<K: Hash + Eq> RateLimiter<K> {
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
     pub fn new(rate: Rate) -> Self {
+        RateLimiter::with_clock(rate, DefaultClock::default())
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock + Clone> RateLimiter<K, C> {
+    /// A limiter on `clock` (tests drive a fake one).
+    pub fn with_clock(rate: Rate, clock: C) -> Self {
+        let period = Duration::from_secs_f64(1.0 / rate.per_second);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN));
         RateLimiter {
-            rate,
-            state: Mutex::new(Buckets {
-                buckets: HashMap::new(),
-                last_sweep: Instant::now(),
-            }),
+            limiter: governor::RateLimiter::new(
+                quota,
+                DefaultKeyedStateStore::default(),
+                clock.clone(),
+            ),
+            last_sweep: Mutex::new(clock.now()),
+            clock,
         }
     }
 
     /// Takes one token from `key`'s bucket now; `Err` holds how long until one is there.
     pub fn check(&self, key: K) -> Result<(), Duration> {
-        self.check_at(key, Instant::now())
+        let now = self.clock.now();
+        self.sweep(now);
+        self.limiter
+            .check_key(&key)
+            .map_err(|not_until| not_until.wait_time_from(now))
     }
 
-    /// [`RateLimiter::check`] at a given instant (tests drive the clock).
-    pub fn check_at(&self, key: K, now: Instant) -> Result<(), Duration> {
-        let burst = f64::from(self.rate.burst);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if now.saturating_duration_since(state.last_sweep) >= SWEEP_EVERY {
-            let rate = self.rate;
-            state
-                .buckets
-                .retain(|_, bucket| bucket.refilled(now, rate) < burst);
-            state.last_sweep = now;
-        }
-        let bucket = state.buckets.entry(key).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
-        bucket.tokens = bucket.refilled(now, self.rate);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let missing = 1.0 - bucket.tokens;
-            Err(Duration::from_secs_f64(missing / self.rate.per_second))
+    fn sweep(&self, now: C::Instant) {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        if Duration::from(now.duration_since(*last)) >= SWEEP_EVERY {
+            *last = now;
+            drop(last);
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
         }
     }
 
     /// How many keys have a bucket right now.
     pub fn len(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .buckets
-            .len()
+        self.limiter.len()
     }
 
     /// Whether no key has a bucket.
@@ -150,16 +144,10 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
-impl Bucket {
-    fn refilled(&self, now: Instant, rate: Rate) -> f64 {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        (self.tokens + elapsed * rate.per_second).min(f64::from(rate.burst))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
     #[test]
     fn rates_parse_with_their_units() {
@@ -172,63 +160,68 @@ mod tests {
         }
     }
 
+    fn limiter(
+        per_second: f64,
+        burst: u32,
+    ) -> (
+        RateLimiter<&'static str, FakeRelativeClock>,
+        FakeRelativeClock,
+    ) {
+        let clock = FakeRelativeClock::default();
+        (
+            RateLimiter::with_clock(Rate::new(per_second, burst), clock.clone()),
+            clock,
+        )
+    }
+
     #[test]
     fn a_burst_passes_then_the_sustained_rate_applies() {
-        let limiter = RateLimiter::new(Rate::new(2.0, 3));
-        let t0 = Instant::now();
+        let (limiter, clock) = limiter(2.0, 3);
         for i in 0..3 {
-            assert_eq!(
-                limiter.check_at("a", t0),
-                Ok(()),
-                "request {i} of the burst"
-            );
+            assert_eq!(limiter.check("a"), Ok(()), "request {i} of the burst");
         }
-        let wait = limiter.check_at("a", t0).unwrap_err();
+        let wait = limiter.check("a").unwrap_err();
         assert!(
-            (wait.as_secs_f64() - 0.5).abs() < 1e-6,
+            (wait.as_secs_f64() - 0.5).abs() < 1e-3,
             "one token comes back every 0.5 s, not {wait:?}"
         );
-        assert_eq!(
-            limiter.check_at("a", t0 + Duration::from_millis(500)),
-            Ok(())
-        );
-        assert!(limiter
-            .check_at("a", t0 + Duration::from_millis(600))
-            .is_err());
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(limiter.check("a"), Ok(()));
+        clock.advance(Duration::from_millis(100));
+        assert!(limiter.check("a").is_err());
     }
 
     #[test]
     fn keys_have_buckets_of_their_own() {
-        let limiter = RateLimiter::new(Rate::new(1.0, 1));
-        let t0 = Instant::now();
-        assert_eq!(limiter.check_at("a", t0), Ok(()));
-        assert!(limiter.check_at("a", t0).is_err());
-        assert_eq!(limiter.check_at("b", t0), Ok(()), "b is not slowed by a");
+        let (limiter, _clock) = limiter(1.0, 1);
+        assert_eq!(limiter.check("a"), Ok(()));
+        assert!(limiter.check("a").is_err());
+        assert_eq!(limiter.check("b"), Ok(()), "b is not slowed by a");
     }
 
     #[test]
     fn refused_requests_do_not_push_the_next_token_further_away() {
-        let limiter = RateLimiter::new(Rate::new(1.0, 1));
-        let t0 = Instant::now();
-        assert_eq!(limiter.check_at("a", t0), Ok(()));
-        for ms in [100, 200, 300] {
-            assert!(limiter
-                .check_at("a", t0 + Duration::from_millis(ms))
-                .is_err());
+        let (limiter, clock) = limiter(1.0, 1);
+        assert_eq!(limiter.check("a"), Ok(()));
+        for _ in 0..3 {
+            clock.advance(Duration::from_millis(100));
+            assert!(limiter.check("a").is_err());
         }
-        assert_eq!(limiter.check_at("a", t0 + Duration::from_secs(1)), Ok(()));
+        clock.advance(Duration::from_millis(700));
+        assert_eq!(limiter.check("a"), Ok(()));
     }
 
     #[test]
     fn idle_buckets_are_swept() {
-        let limiter = RateLimiter::new(Rate::new(1.0, 2));
-        let t0 = Instant::now();
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::with_clock(Rate::new(1.0, 2), clock.clone());
         for key in 0..100 {
-            limiter.check_at(key, t0).unwrap();
+            limiter.check(key).unwrap();
         }
         assert_eq!(limiter.len(), 100);
         // A minute later every bucket is full again; the next check sweeps them away.
-        limiter.check_at(1000, t0 + SWEEP_EVERY).unwrap();
+        clock.advance(SWEEP_EVERY);
+        limiter.check(1000).unwrap();
         assert_eq!(limiter.len(), 1, "only the key just used keeps a bucket");
     }
 }

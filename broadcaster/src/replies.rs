@@ -1,11 +1,9 @@
 //! `POST /api/widget/replies`: the widget's way to answer in its thread. The token says which
 //! thread and as whom (`role`); the body is `{"content", "author_name", "client_id"}`.
 //!
-//! The request is idempotent on `client_id`, which becomes the row's id: a plain INSERT, and on a
-//! primary-key violation the row already stored is answered (200) instead of a new one (201).
-//! `INSERT ... ON CONFLICT DO NOTHING` would not do: the extension's BEFORE trigger numbers a
-//! row before the conflict is found, so a skipped row would leave a hole in the thread's
-//! sequence. A failed INSERT rolls its number back with it.
+//! The request is idempotent on `client_id`, which becomes the row's id: the store answers the
+//! row already stored (200) instead of a new one (201), or a conflict if that id is another
+//! reply's (`store/pg.rs` says why that is a plain INSERT).
 
 use std::time::Duration;
 
@@ -16,16 +14,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use deadpool_postgres::Pool;
 use serde::Deserialize;
-use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::auth::{Authenticated, Role};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::rate::RateLimiter;
-use crate::source::Source;
+use crate::store::{InsertError, NewReply, Stored};
 use crate::AppState;
 
 /// The longest `author_name` accepted, in characters.
@@ -45,34 +41,20 @@ pub fn body_limit(max_chars: usize) -> usize {
     max_chars.saturating_mul(12).saturating_add(16 * 1024)
 }
 
-/// What posting replies needs: the limits, the rate limiter, and the statements for the source.
+/// What posting replies needs: the limits and the rate limiter.
 pub struct Replies {
     max_chars: usize,
     /// Keyed by thread and role: every token of one thread's end user (or of its agency) shares
     /// one bucket, so minting fresh tokens does not buy a faster rate.
     limiter: Option<RateLimiter<(Uuid, Role)>>,
-    insert_sql: String,
-    select_sql: String,
 }
 
 impl Replies {
-    /// The reply settings of `config` for `source`.
-    pub fn new(config: &Config, source: &Source) -> Self {
-        let (table, id, thread) = (&source.name, &source.id_column, &source.thread_column);
+    /// The reply settings of `config`.
+    pub fn new(config: &Config) -> Self {
         Replies {
             max_chars: config.max_reply_chars,
             limiter: config.reply_rate.map(RateLimiter::new),
-            // `$2::uuid` stores into a uuid or a text thread column alike.
-            insert_sql: format!(
-                "INSERT INTO {table} AS t ({id}, {thread}, author_type, author_name, content) \
-                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text) \
-                 RETURNING pg_catalog.row_to_json(t)::text"
-            ),
-            select_sql: format!(
-                "SELECT pg_catalog.row_to_json(t)::text, t.{thread}::text, t.author_type::text, \
-                        t.author_name::text, t.content::text \
-                   FROM {table} t WHERE t.{id} = $1::uuid"
-            ),
         }
     }
 }
@@ -90,16 +72,6 @@ struct Body {
 #[serde(rename_all = "camelCase")]
 struct PostQuery {
     feedback_id: Option<String>,
-}
-
-/// A validated reply, ready to store.
-#[derive(Debug, PartialEq, Eq)]
-struct NewReply {
-    id: Uuid,
-    thread: Uuid,
-    role: Role,
-    author_name: String,
-    content: String,
 }
 
 #[tracing::instrument(skip_all, fields(thread = %claims.feedback_id, role = claims.role.as_str()))]
@@ -143,7 +115,20 @@ async fn post_reply(
                 retry_after_secs: retry_after(wait),
             })?;
     }
-    let (status, row) = match store(&state.pool, replies, &reply).await? {
+    let stored = state
+        .store
+        .insert_reply(&reply)
+        .await
+        .map_err(|error| match error {
+            InsertError::NoThread => ApiError::NotFound(error.to_string()),
+            InsertError::Conflict(why) => ApiError::Conflict(why.into()),
+            InsertError::Rejected => ApiError::Unprocessable(error.to_string()),
+            InsertError::Unavailable => {
+                ApiError::Unavailable("the database is unavailable; try again".into())
+            }
+            InsertError::Internal(cause) => ApiError::Internal(cause),
+        })?;
+    let (status, row) = match stored {
         Stored::Created(row) => (StatusCode::CREATED, row),
         Stored::Existing(row) => (StatusCode::OK, row),
     };
@@ -216,105 +201,6 @@ fn validate(
         author_name,
         content,
     })
-}
-
-/// The stored row, as JSON (`row_to_json`, the same shape the stream sends).
-enum Stored {
-    /// Inserted now.
-    Created(String),
-    /// Stored by an earlier request with the same `client_id`.
-    Existing(String),
-}
-
-/// Inserts `reply`; on a repeat of its id, answers the row stored before (or 409 if that row is
-/// not this reply).
-async fn store(pool: &Pool, replies: &Replies, reply: &NewReply) -> Result<Stored, ApiError> {
-    let client = pool.get().await.map_err(|e| {
-        tracing::warn!(error = %crate::error::chain(&e), "no database connection for a reply");
-        ApiError::Unavailable("the database is unavailable; try again".into())
-    })?;
-    let statement = client
-        .prepare_cached(&replies.insert_sql)
-        .await
-        .map_err(database_error)?;
-    let inserted = client
-        .query_one(
-            &statement,
-            &[
-                &reply.id,
-                &reply.thread,
-                &reply.role.as_str(),
-                &reply.author_name,
-                &reply.content,
-            ],
-        )
-        .await;
-    let error = match inserted {
-        Ok(row) => return Ok(Stored::Created(row.get(0))),
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => error,
-        Err(error) => return Err(database_error(error)),
-    };
-    // Another request stored this id first (perhaps this very request, retried after its answer
-    // was lost); its INSERT has committed, or ours would still be waiting on the key.
-    let statement = client
-        .prepare_cached(&replies.select_sql)
-        .await
-        .map_err(database_error)?;
-    let Some(row) = client
-        .query_opt(&statement, &[&reply.id])
-        .await
-        .map_err(database_error)?
-    else {
-        // Not the primary key, then: a unique index of the table's own.
-        return Err(database_error(error));
-    };
-    let existing_thread: Option<String> = row.get(1);
-    if existing_thread
-        .as_deref()
-        .and_then(|t| Uuid::try_parse(t).ok())
-        != Some(reply.thread)
-    {
-        return Err(ApiError::Conflict(
-            "client_id is already the id of a reply in another thread".into(),
-        ));
-    }
-    let same = row.get::<_, Option<&str>>(2) == Some(reply.role.as_str())
-        && row.get::<_, Option<&str>>(3) == Some(reply.author_name.as_str())
-        && row.get::<_, Option<&str>>(4) == Some(reply.content.as_str());
-    if !same {
-        return Err(ApiError::Conflict(
-            "client_id is already the id of a different reply".into(),
-        ));
-    }
-    Ok(Stored::Existing(row.get(0)))
-}
-
-/// Maps a failed statement: what the client's data caused is a 4xx, a lost connection is a 503,
-/// anything else is ours (500, logged).
-fn database_error(error: tokio_postgres::Error) -> ApiError {
-    let Some(db) = error.as_db_error() else {
-        tracing::warn!(error = %crate::error::chain(&error), "a reply's statement failed");
-        return ApiError::Unavailable("the database is unavailable; try again".into());
-    };
-    let code = db.code();
-    if code == &SqlState::FOREIGN_KEY_VIOLATION {
-        return ApiError::NotFound("the token's thread does not exist".into());
-    }
-    if code == &SqlState::CHECK_VIOLATION
-        || code == &SqlState::NOT_NULL_VIOLATION
-        || code.code().starts_with("22")
-    {
-        tracing::info!(error = %db, "the table refused a reply");
-        return ApiError::Unprocessable("the reply does not fit the table's constraints".into());
-    }
-    if code == &SqlState::INSUFFICIENT_PRIVILEGE {
-        tracing::error!(error = %db, "the broadcaster's role may not write the source table: GRANT INSERT, SELECT on it");
-    }
-    if code.code().starts_with("57") || code.code().starts_with("08") {
-        tracing::warn!(error = %db, "the database went away while storing a reply");
-        return ApiError::Unavailable("the database is unavailable; try again".into());
-    }
-    ApiError::internal(error)
 }
 
 /// The delay to answer in `Retry-After`, whole seconds, at least one.

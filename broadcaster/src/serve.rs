@@ -1,52 +1,31 @@
-//! Serving connections. A stream request (`GET /api/widget/stream?...` over HTTP/1.1, without a
-//! body, whose head parses cleanly within [`STREAM_HEAD_MAX`]) is read into a small buffer,
-//! answered by the same router as every other request, and its response written straight to the
-//! socket. An open stream then costs its socket, its task and its subscription; through hyper it
-//! would also keep hyper's two 8 KiB connection buffers for as long as it is open, which for a
-//! widget is hours, and which alone is more than a stream is allowed in all.
-//!
-//! Every other request, and any stream request this path is not sure of (a long or malformed
-//! head, a body, an upgrade, pipelined bytes, HTTP/1.0), goes to hyper with the bytes already
-//! read, and is served as before. A stream connection serves one request and closes
-//! (`connection: close`): an EventSource opens a connection per stream anyway.
-//!
-//! On both paths a write that makes no progress for `Config::write_timeout` fails (`stall.rs`),
-//! and every connection ends on shutdown: streams end on the token by themselves, hyper's
-//! connections shut down gracefully.
+//! Serving connections: the accept loop, and hyper for every request that the fast path
+//! (`fast_path.rs`, stream requests) does not take. This is `axum::serve` written out because the
+//! fast path must see a connection's first bytes before hyper does; what that saves, 43 KB → 5 KB
+//! of RSS per idle stream, is measured by `cargo xtask bench stream` (docs/benchmarks.md). On both paths a write that makes no progress
+//! for `Config::write_timeout` fails (tokio-io-timeout), so a client that stopped reading loses
+//! its connection, and every connection ends on shutdown: streams end on the token by
+//! themselves, hyper's connections shut down gracefully.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use axum::body::{Body, Bytes, HttpBody};
-use axum::http::{header, response, Method, Request, Version};
+use axum::body::Bytes;
 use axum::Router;
 use bytes::Buf;
-use futures::{FutureExt, StreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
-use crate::stall::Guarded;
+use crate::fast_path::{self, Head};
 
-/// The path whose requests are served here rather than by hyper.
-const STREAM_PATH: &str = "/api/widget/stream";
-/// A stream request's head must fit in this many bytes; longer heads go to hyper, which
-/// enforces its own limits (and answers 431).
-const STREAM_HEAD_MAX: usize = 8 * 1024;
-/// More headers than this and the request goes to hyper.
-const STREAM_HEADERS_MAX: usize = 32;
 /// A client must have sent its request head within this time, here and in hyper.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Once shutdown has begun, how long the last write of a stream (its end) may take.
-const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
-/// Frames already waiting are gathered into one write, up to this many bytes.
-const BATCH_BYTES: usize = 64 * 1024;
 
 /// Accepts connections on `listener` and serves `router` on them until `shutdown` fires; then
 /// waits until every connection has ended (streams end on `shutdown` by themselves).
@@ -106,13 +85,13 @@ async fn connection(
     let mut head = Vec::new();
     let read = tokio::select! {
         _ = shutdown.cancelled() => return,
-        read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut head)) => read,
+        read = tokio::time::timeout(HEAD_TIMEOUT, fast_path::read_head(&mut stream, &mut head)) => read,
     };
     match read {
         Ok(Ok(Head::Complete)) => {
-            if let Some(request) = stream_request(&head) {
+            if let Some(request) = fast_path::stream_request(&head) {
                 drop(head);
-                serve_stream(stream, request, router, write_timeout, shutdown).await;
+                fast_path::serve_stream(stream, request, router, write_timeout, shutdown).await;
                 return;
             }
         }
@@ -132,222 +111,6 @@ async fn connection(
     .await;
 }
 
-enum Head {
-    /// `buf` holds a complete head (and maybe more).
-    Complete,
-    /// No end of head within [`STREAM_HEAD_MAX`].
-    TooLong,
-    /// The client closed before the end of a head.
-    Closed,
-}
-
-/// Reads until the end of a request head (an empty line).
-async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Head> {
-    buf.reserve(1024);
-    loop {
-        if buf.len() >= STREAM_HEAD_MAX {
-            return Ok(Head::TooLong);
-        }
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.len().min(STREAM_HEAD_MAX));
-        }
-        let n = stream.read_buf(buf).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
-        }
-        let from = (buf.len() - n).saturating_sub(3);
-        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(Head::Complete);
-        }
-    }
-}
-
-/// The request in `head` if this path serves it: a complete, well-formed HTTP/1.1 GET of the
-/// stream path, with nothing after its head and no header that would need hyper.
-fn stream_request(head: &[u8]) -> Option<Request<Body>> {
-    let mut headers = [httparse::EMPTY_HEADER; STREAM_HEADERS_MAX];
-    let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(head) {
-        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
-        _ => return None,
-    }
-    let path = parsed.path?;
-    if parsed.method? != "GET"
-        || parsed.version? != 1
-        || path.split('?').next() != Some(STREAM_PATH)
-    {
-        return None;
-    }
-    let mut request = Request::builder()
-        .method(Method::GET)
-        .version(Version::HTTP_11)
-        .uri(path);
-    for h in parsed.headers.iter() {
-        // A body, or a switch of protocol, is hyper's business.
-        for name in ["content-length", "transfer-encoding", "upgrade", "expect"] {
-            if h.name.eq_ignore_ascii_case(name) {
-                return None;
-            }
-        }
-        request = request.header(h.name, h.value);
-    }
-    // Invalid header names or values, or an invalid URI, fail here; hyper then answers them.
-    request.body(Body::empty()).ok()
-}
-
-/// Answers one request on `stream` and closes it.
-async fn serve_stream(
-    mut stream: TcpStream,
-    request: Request<Body>,
-    router: Router,
-    write_timeout: Duration,
-    shutdown: CancellationToken,
-) {
-    // Boxed, so that the task does not keep room for the handler's state once it has answered.
-    let response = match Box::pin(router.oneshot(request)).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    let (parts, body) = response.into_parts();
-    let length = body.size_hint().exact();
-    let head = response_head(&parts, length);
-    drop(parts);
-    let chunked = length.is_none();
-    let (mut reader, writer) = stream.split();
-    let mut writer = Guarded::new(writer, write_timeout);
-    if write_bounded(&mut writer, &head, &shutdown).await.is_err() {
-        return;
-    }
-    drop(head);
-
-    let mut data = body.into_data_stream();
-    let mut scratch = [0u8; 64];
-    let ended = loop {
-        let next = tokio::select! {
-            biased;
-            next = data.next() => next,
-            // Only one request is served here, so anything the client sends is ignored; its
-            // closing (0 bytes) or an error ends the stream at once rather than at the next write.
-            read = reader.read(&mut scratch) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
-        };
-        let first = match next {
-            Some(Ok(frame)) => frame,
-            Some(Err(_)) => return,
-            None => break true,
-        };
-        // Frames already queued (a burst of events) go out in one write.
-        let mut batch = Vec::with_capacity(first.len() + 16);
-        encode(&mut batch, &first, chunked);
-        let mut ended = false;
-        while batch.len() < BATCH_BYTES {
-            match data.next().now_or_never() {
-                Some(Some(Ok(frame))) => encode(&mut batch, &frame, chunked),
-                Some(Some(Err(_))) => return,
-                Some(None) => {
-                    ended = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        if write_bounded(&mut writer, &batch, &shutdown).await.is_err() {
-            return;
-        }
-        if ended {
-            break true;
-        }
-    };
-    if ended && chunked {
-        let _ = write_bounded(&mut writer, b"0\r\n\r\n", &shutdown).await;
-    }
-    let _ = writer.shutdown().await;
-}
-
-/// The status line and headers of `parts`, with the framing this path uses.
-fn response_head(parts: &response::Parts, length: Option<u64>) -> Vec<u8> {
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-        {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    if !parts.headers.contains_key(header::DATE) {
-        head.extend_from_slice(b"date: ");
-        head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    match length {
-        Some(n) => head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
-    head
-}
-
-/// Appends `frame` to `out`, as a chunk when `chunked`.
-fn encode(out: &mut Vec<u8>, frame: &[u8], chunked: bool) {
-    if frame.is_empty() {
-        // An empty chunk would end a chunked body.
-        return;
-    }
-    if chunked {
-        let digits = (usize::BITS - frame.len().leading_zeros())
-            .div_ceil(4)
-            .max(1);
-        for shift in (0..digits).rev() {
-            out.push(b"0123456789abcdef"[(frame.len() >> (shift * 4)) & 0xf]);
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(frame);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        out.extend_from_slice(frame);
-    }
-}
-
-/// Writes `bytes` (the writer fails a write that stalls); once shutdown has begun, it gets
-/// [`SHUTDOWN_WRITE`] at most, so that a client that stopped reading cannot hold shutdown up.
-async fn write_bounded(
-    writer: &mut (impl AsyncWrite + Unpin),
-    bytes: &[u8],
-    shutdown: &CancellationToken,
-) -> io::Result<()> {
-    let write = writer.write_all(bytes);
-    tokio::pin!(write);
-    if !shutdown.is_cancelled() {
-        tokio::select! {
-            // Most writes complete at once; then the shutdown token is not even looked at.
-            biased;
-            written = &mut write => return written,
-            _ = shutdown.cancelled() => {}
-        }
-    }
-    tokio::time::timeout(SHUTDOWN_WRITE, write)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "shutting down"))?
-}
-
 /// Serves the connection with hyper, replaying the bytes already read first.
 async fn serve_with_hyper(
     stream: TcpStream,
@@ -356,13 +119,12 @@ async fn serve_with_hyper(
     write_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let io = TokioIo::new(Guarded::new(
-        Replay {
-            read: Bytes::from(read),
-            stream,
-        },
-        write_timeout,
-    ));
+    let mut io = TimeoutStream::new(Replay {
+        read: Bytes::from(read),
+        stream,
+    });
+    io.set_write_timeout(Some(write_timeout));
+    let io = TokioIo::new(Box::pin(io));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // With a timer, hyper enforces its header read timeout (30 s).
     builder.timer(TokioTimer::new());
@@ -434,128 +196,5 @@ impl AsyncWrite for Replay {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::StatusCode;
-
-    #[test]
-    fn only_a_clean_http_1_1_get_of_the_stream_path_is_served_here() {
-        let ok =
-            "GET /api/widget/stream?feedbackId=x HTTP/1.1\r\nHost: a\r\nLast-Event-ID: 4\r\n\r\n";
-        let cases: &[(&str, bool, &str)] = &[
-            (ok, true, "a stream request"),
-            (
-                "GET /api/widget/stream HTTP/1.1\r\nHost: a\r\n\r\n",
-                true,
-                "without a query (the router answers 400)",
-            ),
-            (
-                "GET /api/widget/streams HTTP/1.1\r\nHost: a\r\n\r\n",
-                false,
-                "another path",
-            ),
-            ("GET /healthz HTTP/1.1\r\n\r\n", false, "another route"),
-            (
-                "POST /api/widget/stream HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-                false,
-                "another method",
-            ),
-            (
-                "GET /api/widget/stream HTTP/1.0\r\n\r\n",
-                false,
-                "HTTP/1.0 (no chunked bodies)",
-            ),
-            (
-                "GET /api/widget/stream HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-                false,
-                "a body",
-            ),
-            (
-                "GET /api/widget/stream HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-                false,
-                "a chunked body",
-            ),
-            (
-                "GET /api/widget/stream HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-                false,
-                "an upgrade",
-            ),
-            (
-                "GET /api/widget/stream HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
-                false,
-                "a pipelined second request",
-            ),
-            (
-                "GET /api/widget/stream HTTP/1.1\r\nHost: a\r\n",
-                false,
-                "an incomplete head",
-            ),
-            (
-                "GET /api/widget/stream HTTP/1.1\r\nBad Header: x\r\n\r\n",
-                false,
-                "a malformed header",
-            ),
-        ];
-        for (head, served_here, what) in cases {
-            assert_eq!(
-                stream_request(head.as_bytes()).is_some(),
-                *served_here,
-                "{what}: {head:?}"
-            );
-        }
-        let many = format!(
-            "GET /api/widget/stream HTTP/1.1\r\n{}\r\n",
-            "X-A: b\r\n".repeat(STREAM_HEADERS_MAX + 1)
-        );
-        assert!(
-            stream_request(many.as_bytes()).is_none(),
-            "more headers than the fast path takes go to hyper"
-        );
-
-        let request = stream_request(ok.as_bytes()).unwrap();
-        assert_eq!(request.uri(), "/api/widget/stream?feedbackId=x");
-        assert_eq!(request.headers()["last-event-id"], "4");
-    }
-
-    #[test]
-    fn a_response_head_carries_the_headers_and_its_own_framing_and_closes() {
-        let (mut parts, ()) = axum::http::Response::new(()).into_parts();
-        parts.status = StatusCode::UNAUTHORIZED;
-        parts
-            .headers
-            .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, "999".parse().unwrap());
-        parts
-            .headers
-            .insert(header::CONNECTION, "keep-alive".parse().unwrap());
-        let head = String::from_utf8(response_head(&parts, Some(12))).unwrap();
-        assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
-        assert!(head.contains("\r\ncontent-type: application/json\r\n"));
-        assert!(head.contains("\r\ncontent-length: 12\r\n"), "{head}");
-        assert!(head.contains("\r\ndate: "));
-        assert!(head.ends_with("\r\nconnection: close\r\n\r\n"));
-        assert!(!head.contains("999") && !head.contains("keep-alive"));
-
-        let streaming = String::from_utf8(response_head(&parts, None)).unwrap();
-        assert!(streaming.contains("\r\ntransfer-encoding: chunked\r\n"));
-        assert!(!streaming.contains("content-length"));
-    }
-
-    #[test]
-    fn frames_are_chunked_and_empty_ones_skipped() {
-        let mut out = Vec::new();
-        encode(&mut out, b"id: 1\n\n", true);
-        encode(&mut out, b"", true);
-        encode(&mut out, &[b'x'; 26], true);
-        let mut expected = b"7\r\nid: 1\n\n\r\n1a\r\n".to_vec();
-        expected.extend_from_slice(&[b'x'; 26]);
-        expected.extend_from_slice(b"\r\n");
-        assert_eq!(out, expected);
     }
 }

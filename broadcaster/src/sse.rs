@@ -34,6 +34,12 @@ impl Event {
         Event::render(seq, "delete", &serde_json::json!({ "id": id }).to_string())
     }
 
+    /// `event: reset`: the table was truncated; a client forgets every earlier reply of the thread.
+    /// (EventSource dispatches no event without data, hence the empty object.)
+    pub fn reset(seq: i64) -> Self {
+        Event::render(seq, "reset", "{}")
+    }
+
     fn render(seq: i64, kind: &str, data: &str) -> Self {
         let mut frame = String::with_capacity(data.len() + kind.len() + 32);
         frame.push_str("id: ");

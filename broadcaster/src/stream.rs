@@ -1,10 +1,6 @@
-//! `GET /api/widget/stream?feedbackId=<uuid>`: one thread's changes as Server-Sent Events.
-//!
-//! A stream joins its thread in the hub first and only then reads the table (catch-up after
-//! `Last-Event-ID`, or `?history=N`), so nothing committed in between is missed; live events at or
-//! below the last seq sent are dropped, so nothing is sent twice.
-
-use std::collections::VecDeque;
+//! `GET /api/widget/stream?feedbackId=<uuid>`: one thread's changes as Server-Sent Events. This
+//! module is the HTTP side (parameters, auth, the connection limit, the frames); what the stream
+//! carries, and the hand-over from the table to live events, is [`delivery`](crate::delivery)'s.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Query, State};
@@ -17,12 +13,13 @@ use serde::Deserialize;
 use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
+pub use crate::delivery::Start;
+
 use crate::auth::Authenticated;
+use crate::delivery::{Feed, Step};
 use crate::error::ApiError;
-use crate::fetch::{self, PAGE_ROWS};
-use crate::hub::Subscription;
 use crate::metrics::Metrics;
-use crate::sse::{self, Event, KeepAlive};
+use crate::sse::{self, KeepAlive};
 use crate::AppState;
 
 /// The most rows `?history=N` sends; larger values are clamped.
@@ -31,17 +28,6 @@ pub const MAX_HISTORY: i32 = 500;
 /// The stream route.
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/widget/stream", get(stream_thread))
-}
-
-/// Where a new stream starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// With live events only.
-    Live,
-    /// With the last `n` replies, then live.
-    History(i32),
-    /// With every change after this seq (the client's Last-Event-ID), then live.
-    After(i64),
 }
 
 /// The validated parameters of a stream request.
@@ -125,18 +111,17 @@ async fn stream_thread(
         .try_acquire_owned()
         .map_err(|_| ApiError::Unavailable("too many open streams; try again later".into()))?;
     let slot = Slot::open(permit, state.metrics.clone());
-    let subscription = state.hub.subscribe(&params.feedback_id.to_string());
-    let feed = Feed {
-        state: state.clone(),
-        subscription,
-        start: params.start,
-        last_sent: 0,
-        pending: VecDeque::new(),
-        phase: Phase::Joining,
+    let feed = state
+        .delivery
+        .feed(&params.feedback_id.to_string(), params.start);
+    let frames = Frames {
+        feed,
+        retry: sse::retry_frame(state.config.retry),
+        metrics: state.metrics.clone(),
         _slot: slot,
     };
-    let events = stream::unfold(feed, |mut feed| async move {
-        feed.next().await.map(|frame| (frame, feed))
+    let events = stream::unfold(frames, |mut frames| async move {
+        frames.next().await.map(|frame| (frame, frames))
     });
     let frames = KeepAlive::new(events.boxed(), state.config.heartbeat)
         // Open streams never end by themselves; shutdown ends them (axum#2673).
@@ -152,7 +137,7 @@ struct Slot {
 
 impl Slot {
     fn open(permit: OwnedSemaphorePermit, metrics: Metrics) -> Self {
-        metrics.open_streams.increment(1.0);
+        metrics.open_streams.inc();
         Slot {
             _permit: permit,
             metrics,
@@ -162,120 +147,28 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.metrics.open_streams.decrement(1.0);
+        self.metrics.open_streams.dec();
     }
 }
 
-enum Phase {
-    /// Waiting for the thread's task to register the subscriber.
-    Joining,
-    /// Sending the last `n` replies.
-    History(i32),
-    /// Sending rows read from the table; `after` is where the next page starts, None when done.
-    CatchUp {
-        after: Option<i64>,
-    },
-    Live,
-}
-
-/// The state of one stream: its subscription and how far it got.
-struct Feed {
-    state: AppState,
-    subscription: Subscription,
-    start: Start,
-    /// The highest seq written to this stream; live events at or below it are duplicates.
-    last_sent: i64,
-    pending: VecDeque<Event>,
-    phase: Phase,
+/// A feed's steps as wire frames.
+struct Frames {
+    feed: Feed,
+    retry: Bytes,
+    metrics: Metrics,
     _slot: Slot,
 }
 
-impl Feed {
-    /// The next frame to write, or None to end the stream.
+impl Frames {
     async fn next(&mut self) -> Option<Bytes> {
-        loop {
-            if let Some(event) = self.pending.pop_front() {
-                if let Some(frame) = self.send(event) {
-                    return Some(frame);
-                }
-                continue;
-            }
-            match self.phase {
-                Phase::Joining => {
-                    let joined_at = self.subscription.joined().await?;
-                    tracing::debug!(joined_at, "joined");
-                    self.phase = match self.start {
-                        Start::Live => Phase::Live,
-                        Start::After(n) => Phase::CatchUp { after: Some(n) },
-                        Start::History(n) => Phase::History(n),
-                    };
-                    // The first frame goes out only now, so that a client holding it knows that
-                    // every change committed from then on reaches it, even on a live-only stream.
-                    return Some(sse::retry_frame(self.state.config.retry));
-                }
-                Phase::History(n) => {
-                    let state = &self.state;
-                    // Table reads are boxed: the stream keeps its state for as long as it is
-                    // open, and should not keep room for a query's all that time.
-                    let read = fetch::latest(&state.pool, &state.source, self.thread(), n);
-                    let rows = self.read(Box::pin(read)).await?;
-                    self.pending.extend(rows.iter().map(|c| c.event()));
-                    self.phase = Phase::Live;
-                }
-                Phase::CatchUp { after: None } => self.phase = Phase::Live,
-                Phase::CatchUp { after: Some(after) } => {
-                    let page = self
-                        .read(Box::pin(fetch::changes(
-                            &self.state.pool,
-                            &self.state.source,
-                            self.thread(),
-                            after,
-                            None,
-                        )))
-                        .await?;
-                    let more = page.len() >= PAGE_ROWS as usize;
-                    let next_after = page.last().map(|c| c.seq);
-                    self.pending.extend(page.iter().map(|c| c.event()));
-                    self.phase = Phase::CatchUp {
-                        after: next_after.filter(|_| more),
-                    };
-                }
-                // None: this subscriber was dropped as too slow (after what it had queued) or the
-                // hub stopped. Ending the stream makes EventSource resume with Last-Event-ID.
-                Phase::Live => {
-                    let event = self.subscription.recv().await?;
-                    if let Some(frame) = self.send(event) {
-                        return Some(frame);
-                    }
-                }
-            }
-        }
-    }
-
-    fn thread(&self) -> &str {
-        self.subscription.thread()
-    }
-
-    /// The frame of `event` unless it was already sent.
-    fn send(&mut self, event: Event) -> Option<Bytes> {
-        if event.seq <= self.last_sent {
-            return None;
-        }
-        self.last_sent = event.seq;
-        self.state.metrics.events_delivered.increment(1);
-        Some(event.frame())
-    }
-
-    /// Awaits a table read; a failure ends the stream, and the client resumes where it stopped.
-    async fn read<T>(
-        &self,
-        read: impl std::future::Future<Output = Result<T, fetch::FetchError>>,
-    ) -> Option<T> {
-        match read.await {
-            Ok(rows) => Some(rows),
-            Err(error) => {
-                tracing::warn!(error = %crate::error::chain(&error), "reading the table for a stream failed; ending it so the client resumes");
-                None
+        match self.feed.next().await? {
+            // The first frame goes out only once the subscription is in place, so that a client
+            // holding it knows that every change committed from then on reaches it, even on a
+            // live-only stream.
+            Step::Joined => Some(self.retry.clone()),
+            Step::Event(event) => {
+                self.metrics.events_delivered.inc();
+                Some(event.frame())
             }
         }
     }

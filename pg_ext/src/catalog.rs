@@ -5,6 +5,8 @@ use pgrx::prelude::*;
 /// Trigger names `enable()` creates; `doctor()` and `disable()` look for the same.
 pub const SEQ_TRIGGER: &str = "threadcast_seq";
 pub const NOTIFY_TRIGGER: &str = "threadcast_notify";
+pub const TRUNCATE_TRIGGER: &str = "threadcast_truncate";
+pub const TRIGGERS: [&str; 3] = [SEQ_TRIGGER, NOTIFY_TRIGGER, TRUNCATE_TRIGGER];
 
 /// Thread column types whose text form is a stable key (and casts back for look-ups).
 pub const THREAD_TYPES: &[&str] = &[
@@ -20,6 +22,8 @@ pub const THREAD_TYPES: &[&str] = &[
 /// PostgreSQL refuses ALTER TABLE on a relation this session still holds open.
 pub struct Table {
     pub oid: pg_sys::Oid,
+    /// The owning role: enable, disable, repair and doctor work on the table as this role.
+    pub owner: pg_sys::Oid,
     /// Schema-qualified and quoted, ready for SQL text and messages.
     pub name: String,
     pub is_table: bool,
@@ -33,10 +37,12 @@ impl Table {
         let replident = unsafe { (*rel.rd_rel).relreplident } as u8;
         Table {
             oid: rel.oid(),
+            // SAFETY: as above.
+            owner: unsafe { (*rel.rd_rel).relowner },
             name: pgrx::spi::quote_qualified_identifier(rel.namespace(), rel.name()),
             is_table: rel.is_table(),
             is_partitioned: rel.is_partitioned_table(),
-            replica_identity_full: replident == pg_sys::REPLICA_IDENTITY_FULL as u8,
+            replica_identity_full: replident == pg_sys::REPLICA_IDENTITY_FULL,
         }
         // `rel` is closed here; the AccessShareLock stays until the end of the transaction.
     }
@@ -61,7 +67,8 @@ pub fn first<T: pgrx::FromDatum + IntoDatum>(
 pub fn column_type(relid: pg_sys::Oid, column: &str) -> Option<String> {
     first::<String>(
         "SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
-          WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+          WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2 \
+            AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped",
         &[relid.into(), column.into()],
     )
 }
@@ -70,7 +77,8 @@ pub fn column_type(relid: pg_sys::Oid, column: &str) -> Option<String> {
 pub fn attnum(relid: pg_sys::Oid, column: &str) -> Option<i16> {
     first::<i16>(
         "SELECT a.attnum FROM pg_catalog.pg_attribute a \
-          WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+          WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2 \
+            AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped",
         &[relid.into(), column.into()],
     )
 }
@@ -82,8 +90,9 @@ pub fn primary_key(relid: pg_sys::Oid) -> Vec<String> {
             .select(
                 "SELECT a.attname::text FROM pg_catalog.pg_index i \
                    CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-                  WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid \
+                    AND a.attnum OPERATOR(pg_catalog.=) k.attnum \
+                  WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary ORDER BY k.ord",
                 None,
                 &[relid.into()],
             )?
@@ -93,16 +102,22 @@ pub fn primary_key(relid: pg_sys::Oid) -> Vec<String> {
     .unwrap_or_else(|e| crate::report::internal("a catalog query failed", e))
 }
 
-/// A unique, plain index on exactly (thread column, seq column), by name.
+/// A unique, plain index of this table on exactly (thread column, seq column): its
+/// schema-qualified, quoted name, read from the catalog (so it names that index and nothing else).
 pub fn seq_index(relid: pg_sys::Oid, thread_column: &str, seq_column: &str) -> Option<String> {
     let (Some(thread), Some(seq)) = (attnum(relid, thread_column), attnum(relid, seq_column))
     else {
         return None;
     };
     first::<String>(
-        "SELECT i.indexrelid::pg_catalog.regclass::text FROM pg_catalog.pg_index i \
-          WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 2 \
-            AND i.indkey[0] = $2 AND i.indkey[1] = $3 \
+        "SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' \
+                OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname) \
+           FROM pg_catalog.pg_index i \
+           JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.indexrelid \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+          WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisunique AND i.indisvalid \
+            AND i.indnkeyatts OPERATOR(pg_catalog.=) 2 \
+            AND i.indkey[0] OPERATOR(pg_catalog.=) $2 AND i.indkey[1] OPERATOR(pg_catalog.=) $3 \
             AND i.indpred IS NULL AND i.indexprs IS NULL \
           ORDER BY i.indexrelid LIMIT 1",
         &[relid.into(), thread.into(), seq.into()],
@@ -112,7 +127,8 @@ pub fn seq_index(relid: pg_sys::Oid, thread_column: &str, seq_column: &str) -> O
 /// A trigger's `tgenabled` ('O', 'R', 'A' fire; 'D' does not), `None` when absent.
 pub fn trigger_state(relid: pg_sys::Oid, name: &str) -> Option<String> {
     first::<String>(
-        "SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = $2",
+        "SELECT t.tgenabled::text FROM pg_catalog.pg_trigger t \
+          WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 AND t.tgname OPERATOR(pg_catalog.=) $2",
         &[relid.into(), name.into()],
     )
 }
@@ -120,26 +136,29 @@ pub fn trigger_state(relid: pg_sys::Oid, name: &str) -> Option<String> {
 /// Whether the current role owns the table (directly or through membership).
 pub fn owns(relid: pg_sys::Oid) -> bool {
     first::<bool>(
-        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c \
+          WHERE c.oid OPERATOR(pg_catalog.=) $1",
         &[relid.into()],
     )
     .unwrap_or(false)
 }
 
-/// The registration of a source, as `threadcast.sources` holds it.
+/// The registration of a source, as `threadcast.sources` holds it. Its names are compared with
+/// the catalog's, never pasted into SQL.
 pub struct Source {
     pub thread_column: String,
     pub seq_column: String,
     pub channel: String,
     pub payload: String,
-    pub seq_index: Option<String>,
+    pub owns_index: bool,
 }
 
 pub fn source(relid: pg_sys::Oid) -> Option<Source> {
     Spi::connect(|client| {
         let table = client.select(
-            "SELECT thread_column::text, seq_column::text, channel, payload, seq_index::text \
-               FROM threadcast.sources WHERE source = $1::pg_catalog.oid::pg_catalog.regclass",
+            "SELECT thread_column::text, seq_column::text, channel, payload, owns_index \
+               FROM threadcast.sources \
+              WHERE source OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regclass",
             Some(1),
             &[relid.into()],
         )?;
@@ -152,7 +171,7 @@ pub fn source(relid: pg_sys::Oid) -> Option<Source> {
             seq_column: row.get::<String>(2)?.unwrap_or_default(),
             channel: row.get::<String>(3)?.unwrap_or_default(),
             payload: row.get::<String>(4)?.unwrap_or_default(),
-            seq_index: row.get::<String>(5)?,
+            owns_index: row.get::<bool>(5)?.unwrap_or(false),
         }))
     })
     .unwrap_or_else(|e| crate::report::internal("a catalog query failed", e))

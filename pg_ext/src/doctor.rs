@@ -2,12 +2,13 @@
 //! check, whether it passed, and what to do when it did not.
 
 use pgrx::prelude::*;
+use pgrx::spi::quote_identifier as ident;
 use pgrx::PgRelation;
+use threadcast_payload::names::APPLICATION_NAME as BROADCASTER_APP;
 
-use crate::catalog::{self, NOTIFY_TRIGGER, SEQ_TRIGGER};
-
-/// The `application_name` the broadcaster sets on its LISTEN connection.
-const BROADCASTER_APP: &str = "threadcast-broadcaster";
+use crate::catalog::{self, NOTIFY_TRIGGER, SEQ_TRIGGER, TRUNCATE_TRIGGER};
+use crate::owner::as_owner;
+use crate::privileged::{self, Helpers};
 
 /// Queue usage above which NOTIFY is in danger (it fails when the queue is full).
 const QUEUE_WARN: f64 = 0.5;
@@ -18,21 +19,60 @@ fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
     (name.to_owned(), ok, detail.into())
 }
 
-fn trigger_check(relid: pg_sys::Oid, name: &str, table: &str) -> Check {
+/// A trigger's mode, told as it is: `tgenabled` decides whether it fires for the writes of a
+/// session, together with that session's `session_replication_role`.
+fn trigger_check(relid: pg_sys::Oid, name: &str, table: &str, replica_session: bool) -> Check {
     let label = format!("trigger {name}");
+    let enable = format!("ALTER TABLE {table} ENABLE TRIGGER {name};");
     match catalog::trigger_state(relid, name).as_deref() {
         None => check(
             &label,
             false,
             format!("missing: run SELECT threadcast.enable('{table}');"),
         ),
-        Some("D") => check(
+        Some("D") => check(&label, false, format!("disabled: run {enable}")),
+        Some("R") => check(
             &label,
             false,
-            format!("disabled: run ALTER TABLE {table} ENABLE TRIGGER {name};"),
+            format!("fires only when changes are applied by logical replication (ENABLE REPLICA TRIGGER), so ordinary writes are neither numbered nor announced: run {enable}"),
         ),
-        Some(_) => check(&label, true, "present and enabled"),
+        Some("A") => check(&label, true, "enabled always, also for changes applied by logical replication"),
+        Some(_) if replica_session => check(
+            &label,
+            false,
+            "enabled for ordinary writes, but this session runs with session_replication_role = replica, where it does not fire: writes made so are neither numbered nor announced",
+        ),
+        Some(_) => check(
+            &label,
+            true,
+            "enabled for ordinary writes (not for changes applied by logical replication, which runs with session_replication_role = replica)",
+        ),
     }
+}
+
+/// Threads whose highest number (in the table or its tombstones) is above their counter: the
+/// next write there would take a number again and be refused by the unique index.
+fn counters_behind(relid: pg_sys::Oid, table: &str, thread_column: &str, seq_column: &str) -> i64 {
+    let (thread, seq) = (ident(thread_column), ident(seq_column));
+    let oid = u32::from(relid);
+    scalar::<i64>(
+        &format!(
+            "SELECT pg_catalog.count(*) FROM ( \
+                 SELECT h.thread, pg_catalog.max(h.seq) AS top FROM ( \
+                     SELECT r.{thread}::pg_catalog.text AS thread, r.{seq} AS seq FROM {table} r \
+                      WHERE r.{seq} IS NOT NULL AND r.{thread} IS NOT NULL \
+                     UNION ALL \
+                     SELECT t.thread, t.seq FROM threadcast.tombstones t \
+                      WHERE t.source OPERATOR(pg_catalog.=) {oid}::pg_catalog.oid::pg_catalog.regclass \
+                 ) h GROUP BY h.thread) m \
+              LEFT JOIN threadcast.counters c \
+                ON c.source OPERATOR(pg_catalog.=) {oid}::pg_catalog.oid::pg_catalog.regclass \
+               AND c.thread OPERATOR(pg_catalog.=) m.thread \
+             WHERE coalesce(c.last_seq, 0) OPERATOR(pg_catalog.<) m.top"
+        ),
+        &[],
+    )
+    .unwrap_or(0)
 }
 
 fn scalar<T: pgrx::FromDatum + IntoDatum>(
@@ -50,6 +90,32 @@ fn doctor(
     let (relid, table) = (tbl.oid, tbl.name.clone());
     let mut checks = Vec::new();
 
+    if privileged::legacy() {
+        checks.push(check(
+            "extension version",
+            false,
+            "the SQL objects are 0.1.0's, older than the library: run ALTER EXTENSION threadcast UPDATE;",
+        ));
+        return TableIterator::new(checks);
+    }
+    checks.push(match Helpers::signing_key() {
+        Some(_) => check(
+            "signing key",
+            true,
+            "a current key signs every notification",
+        ),
+        None => check(
+            "signing key",
+            false,
+            "no current key, so every write fails: run SELECT threadcast.rotate_key();",
+        ),
+    });
+
+    let replica_session = scalar::<String>(
+        "SELECT pg_catalog.current_setting('session_replication_role')",
+        &[],
+    )
+    .is_some_and(|role| role == "replica");
     let source = catalog::source(relid);
     checks.push(match &source {
         Some(s) => check(
@@ -63,8 +129,9 @@ fn doctor(
             format!("not in threadcast.sources: run SELECT threadcast.enable('{table}');"),
         ),
     });
-    checks.push(trigger_check(relid, SEQ_TRIGGER, &table));
-    checks.push(trigger_check(relid, NOTIFY_TRIGGER, &table));
+    for name in [SEQ_TRIGGER, NOTIFY_TRIGGER, TRUNCATE_TRIGGER] {
+        checks.push(trigger_check(relid, name, &table, replica_session));
+    }
 
     let (thread_column, seq_column) = source
         .as_ref()
@@ -88,6 +155,17 @@ fn doctor(
         None => check("seq unique index", false, format!("no unique index on ({thread_column}, {seq_column}): run SELECT threadcast.enable('{table}');")),
     });
 
+    if source.is_some() && catalog::column_type(relid, &seq_column).is_some() {
+        let behind = as_owner(tbl.owner, || {
+            counters_behind(relid, &table, &thread_column, &seq_column)
+        });
+        checks.push(if behind == 0 {
+            check("counters", true, "every thread's counter is at or above its highest number")
+        } else {
+            check("counters", false, format!("{behind} thread(s) hold numbers above their counter (rows written without the triggers: a promoted logical replica, a restore): run SELECT threadcast.repair('{table}');"))
+        });
+    }
+
     checks.push(if tbl.replica_identity_full {
         check("replica identity", true, "FULL")
     } else {
@@ -95,7 +173,9 @@ fn doctor(
     });
 
     let listeners = scalar::<i64>(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE application_name = $1 AND datname = pg_catalog.current_database()",
+        "SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity \
+          WHERE application_name OPERATOR(pg_catalog.=) $1 \
+            AND datname OPERATOR(pg_catalog.=) pg_catalog.current_database()",
         &[BROADCASTER_APP.into()],
     )
     .unwrap_or(0);
@@ -117,16 +197,21 @@ fn doctor(
         ),
     ));
 
-    let has_publication =
-        scalar::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = 'supabase_realtime')", &[])
-            .unwrap_or(false);
+    let has_publication = scalar::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication \
+          WHERE pubname OPERATOR(pg_catalog.=) 'supabase_realtime')",
+        &[],
+    )
+    .unwrap_or(false);
     checks.push(if !has_publication {
         check("supabase_realtime publication", true, "no supabase_realtime publication in this database")
     } else {
         let member = scalar::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
-              WHERE p.pubname = 'supabase_realtime' AND pr.prrelid = $1) \
-             OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = 'supabase_realtime' AND puballtables)",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr \
+                 JOIN pg_catalog.pg_publication p ON p.oid OPERATOR(pg_catalog.=) pr.prpubid \
+                WHERE p.pubname OPERATOR(pg_catalog.=) 'supabase_realtime' AND pr.prrelid OPERATOR(pg_catalog.=) $1) \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication \
+                WHERE pubname OPERATOR(pg_catalog.=) 'supabase_realtime' AND puballtables)",
             &[relid.into()],
         )
         .unwrap_or(false);

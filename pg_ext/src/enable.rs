@@ -1,21 +1,28 @@
 //! `threadcast.enable()` and `threadcast.disable()`: attach and detach the triggers, the seq
 //! column's unique index and the registration in `threadcast.sources`.
 //!
-//! Both run as their caller (not SECURITY DEFINER): PostgreSQL's own ownership checks on ALTER
-//! TABLE and CREATE TRIGGER stay in force, and row-level security on threadcast's tables lets an
-//! owner register only its own tables.
+//! Both check that their caller owns the table, then work on it as its owner (`owner.rs`), so
+//! that a superuser enabling another role's table never runs that role's triggers or defaults
+//! with superuser rights. `threadcast.sources` and `threadcast.counters` are written only
+//! through the privileged helpers (`privileged.rs`), with values passed as parameters.
 
+use pgrx::fn_call::Arg;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier as ident, quote_literal as literal};
 use pgrx::PgRelation;
+use threadcast_payload::names::PayloadMode;
 
-use crate::catalog::{self, Table, NOTIFY_TRIGGER, SEQ_TRIGGER, THREAD_TYPES};
+use crate::catalog::{
+    self, Table, NOTIFY_TRIGGER, SEQ_TRIGGER, THREAD_TYPES, TRIGGERS, TRUNCATE_TRIGGER,
+};
+use crate::owner::as_owner;
+use crate::privileged;
 use crate::report::{internal, raise, warn};
 
 /// Longest channel name LISTEN accepts (NAMEDATALEN - 1).
 const MAX_CHANNEL_BYTES: usize = 63;
 
-fn run(sql: &str) {
+pub(crate) fn run(sql: &str) {
     Spi::run(sql).unwrap_or_else(|e| internal("a catalog query failed", e));
 }
 
@@ -27,8 +34,8 @@ fn bad_value(message: String, hint: &str) -> ! {
     )
 }
 
-/// Refuses anything but a plain table the caller owns.
-fn check_table(rel: &Table) {
+/// Refuses anything but a plain table the caller owns, and a library newer than the SQL objects.
+pub(crate) fn check_table(rel: &Table) {
     let table = &rel.name;
     if rel.is_partitioned {
         raise(
@@ -55,6 +62,18 @@ fn check_table(rel: &Table) {
             "Run it as the table's owner, or as a member of the owning role.",
         );
     }
+    check_up_to_date();
+}
+
+/// Refuses to work under 0.1.0's SQL objects, which this library no longer writes.
+pub(crate) fn check_up_to_date() {
+    if privileged::legacy() {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "threadcast: the extension's SQL objects are older than its library",
+            "Run ALTER EXTENSION threadcast UPDATE; as a superuser.",
+        );
+    }
 }
 
 /// Attaches threadcast to a table. Idempotent; a call with other arguments reconfigures.
@@ -68,10 +87,8 @@ fn enable(
     replica_identity_full: default!(bool, false),
 ) {
     let tbl = Table::read(tbl);
-    let (relid, table) = (tbl.oid, tbl.name.clone());
     check_table(&tbl);
-
-    if payload != "full" && payload != "keys" {
+    let Ok(mode) = payload.parse::<PayloadMode>() else {
         bad_value(
             format!(
                 "threadcast: payload must be 'full' or 'keys', not {}",
@@ -79,14 +96,48 @@ fn enable(
             ),
             "'keys' sends only keys over NOTIFY; the broadcaster reads rows from the table.",
         );
-    }
+    };
     if channel.is_empty() || channel.len() > MAX_CHANNEL_BYTES {
         bad_value(
             format!("threadcast: channel must be 1 to {MAX_CHANNEL_BYTES} bytes long"),
             "A channel is a LISTEN name, such as 'threadcast'.",
         );
     }
+    let columns = as_owner(tbl.owner, || {
+        attach(&tbl, thread_column, seq_column, channel, mode)
+    });
+    privileged::call::<()>(
+        "register_source",
+        &[
+            &Arg::Value(tbl.oid),
+            &Arg::Value(thread_column),
+            &Arg::Value(seq_column),
+            &Arg::Value(columns.id_column.as_str()),
+            &Arg::Value(channel),
+            &Arg::Value(mode.as_str()),
+            &Arg::Value(columns.created_index),
+        ],
+    );
+    as_owner(tbl.owner, || {
+        check_replica_identity(&tbl, replica_identity_full)
+    });
+}
 
+/// What `attach` learned and did.
+struct Attached {
+    id_column: String,
+    created_index: bool,
+}
+
+/// The work on the table itself, as its owner: columns, numbers, index, triggers.
+fn attach(
+    tbl: &Table,
+    thread_column: &str,
+    seq_column: &str,
+    channel: &str,
+    mode: PayloadMode,
+) -> Attached {
+    let (relid, table) = (tbl.oid, tbl.name.as_str());
     let thread_type = catalog::column_type(relid, thread_column).unwrap_or_else(|| {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!("threadcast: column {} of {table} does not exist", literal(thread_column)),
@@ -142,7 +193,7 @@ fn enable(
     match catalog::column_type(relid, seq_column) {
         None => {
             run(&format!(
-                "ALTER TABLE {table} ADD COLUMN {} bigint",
+                "ALTER TABLE {table} ADD COLUMN {} pg_catalog.int8",
                 ident(seq_column)
             ));
             notice!(
@@ -164,26 +215,27 @@ fn enable(
     }
 
     // Old triggers off first, so that numbering the existing rows does not fire them.
-    drop_triggers(relid, &table);
-    number_existing_rows(relid, &table, thread_column, seq_column);
+    drop_triggers(relid, table);
+    number_existing_rows(relid, table, thread_column, seq_column);
 
     let created_index = match catalog::seq_index(relid, thread_column, seq_column) {
-        Some(_) => None,
+        Some(_) => false,
         None => {
             run(&format!(
                 "CREATE UNIQUE INDEX ON {table} ({}, {})",
                 ident(thread_column),
                 ident(seq_column)
             ));
-            catalog::seq_index(relid, thread_column, seq_column)
+            true
         }
     };
 
     run(&format!(
         "CREATE TRIGGER {SEQ_TRIGGER} BEFORE INSERT OR UPDATE ON {table} \
-         FOR EACH ROW EXECUTE FUNCTION threadcast.assign_seq({}, {})",
+         FOR EACH ROW EXECUTE FUNCTION threadcast.assign_seq({}, {}, {})",
         literal(thread_column),
-        literal(seq_column)
+        literal(seq_column),
+        literal(&id_column),
     ));
     run(&format!(
         "CREATE TRIGGER {NOTIFY_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table} \
@@ -192,32 +244,22 @@ fn enable(
         literal(seq_column),
         literal(&id_column),
         literal(channel),
-        literal(payload)
+        literal(mode.as_str())
     ));
-
-    Spi::run_with_args(
-        "INSERT INTO threadcast.sources AS s (source, thread_column, seq_column, id_column, channel, payload, seq_index) \
-         VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (source) DO UPDATE SET thread_column = excluded.thread_column, \
-             seq_column = excluded.seq_column, id_column = excluded.id_column, channel = excluded.channel, \
-             payload = excluded.payload, seq_index = coalesce(excluded.seq_index, s.seq_index)",
-        &[
-            relid.into(),
-            thread_column.into(),
-            seq_column.into(),
-            id_column.as_str().into(),
-            channel.into(),
-            payload.into(),
-            created_index.into(),
-        ],
-    )
-    .unwrap_or_else(|e| internal(&format!("cannot register {table}"), e));
-
-    check_replica_identity(&tbl, replica_identity_full);
+    run(&format!(
+        "CREATE TRIGGER {TRUNCATE_TRIGGER} AFTER TRUNCATE ON {table} \
+         FOR EACH STATEMENT EXECUTE FUNCTION threadcast.truncated({})",
+        literal(channel),
+    ));
+    Attached {
+        id_column,
+        created_index,
+    }
 }
 
 /// Gives rows without a number one, per thread after the highest number already handed out, and
-/// brings the counters up to date: enabling a table that already holds replies keeps them resumable.
+/// brings the counters up to date: enabling a table that already holds replies keeps them
+/// resumable.
 fn number_existing_rows(relid: pg_sys::Oid, table: &str, thread_column: &str, seq_column: &str) {
     let (thread, seq) = (ident(thread_column), ident(seq_column));
     let oid = u32::from(relid);
@@ -225,38 +267,30 @@ fn number_existing_rows(relid: pg_sys::Oid, table: &str, thread_column: &str, se
         let done = client.update(
             &format!(
                 "WITH todo AS ( \
-                     SELECT r.ctid AS tid, r.{thread}::text AS thread, \
-                            row_number() OVER (PARTITION BY r.{thread} ORDER BY r.ctid) AS n \
+                     SELECT r.ctid AS tid, r.{thread}::pg_catalog.text AS thread, \
+                            pg_catalog.row_number() OVER (PARTITION BY r.{thread} ORDER BY r.ctid) AS n \
                        FROM {table} r WHERE r.{seq} IS NULL AND r.{thread} IS NOT NULL), \
                  base AS ( \
                      SELECT t.thread, greatest( \
                          coalesce((SELECT c.last_seq FROM threadcast.counters c \
-                                    WHERE c.source = {oid}::pg_catalog.oid::pg_catalog.regclass AND c.thread = t.thread), 0), \
-                         coalesce((SELECT max(r.{seq}) FROM {table} r WHERE r.{thread}::text = t.thread), 0)) AS b \
+                                    WHERE c.source OPERATOR(pg_catalog.=) {oid}::pg_catalog.oid::pg_catalog.regclass \
+                                      AND c.thread OPERATOR(pg_catalog.=) t.thread), 0), \
+                         coalesce((SELECT pg_catalog.max(r.{seq}) FROM {table} r \
+                                    WHERE r.{thread}::pg_catalog.text OPERATOR(pg_catalog.=) t.thread), 0)) AS b \
                        FROM (SELECT DISTINCT thread FROM todo) t) \
-                 UPDATE {table} r SET {seq} = base.b + todo.n \
-                   FROM todo JOIN base USING (thread) WHERE r.ctid = todo.tid"
+                 UPDATE {table} r SET {seq} = base.b OPERATOR(pg_catalog.+) todo.n \
+                   FROM todo JOIN base USING (thread) WHERE r.ctid OPERATOR(pg_catalog.=) todo.tid"
             ),
             None,
             &[],
         )?;
-        let numbered = done.len();
-        client.update(
-            &format!(
-                "INSERT INTO threadcast.counters AS c (source, thread, last_seq) \
-                 SELECT {oid}::pg_catalog.oid::pg_catalog.regclass, r.{thread}::text, max(r.{seq}) \
-                   FROM {table} r WHERE r.{seq} IS NOT NULL AND r.{thread} IS NOT NULL GROUP BY 2 \
-                 ON CONFLICT (source, thread) DO UPDATE SET last_seq = greatest(c.last_seq, excluded.last_seq)"
-            ),
-            None,
-            &[],
-        )?;
-        Ok::<_, pgrx::spi::Error>(numbered)
+        Ok::<_, pgrx::spi::Error>(done.len())
     })
     .unwrap_or_else(|e| internal(&format!("cannot number the existing rows of {table}"), e));
     if numbered > 0 {
         notice!("threadcast: numbered {numbered} existing rows of {table}");
     }
+    crate::repair::advance_counters(relid, table, thread_column, seq_column);
 }
 
 fn check_replica_identity(rel: &Table, set_full: bool) {
@@ -277,7 +311,7 @@ fn check_replica_identity(rel: &Table, set_full: bool) {
 }
 
 fn drop_triggers(relid: pg_sys::Oid, table: &str) {
-    for name in [SEQ_TRIGGER, NOTIFY_TRIGGER] {
+    for name in TRIGGERS {
         if catalog::trigger_state(relid, name).is_some() {
             run(&format!("DROP TRIGGER {name} ON {table}"));
         }
@@ -289,15 +323,21 @@ fn drop_triggers(relid: pg_sys::Oid, table: &str) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn disable(tbl: PgRelation) {
     let tbl = Table::read(tbl);
-    let (relid, table) = (tbl.oid, tbl.name.clone());
     check_table(&tbl);
-    drop_triggers(relid, &table);
-    if let Some(index) = catalog::source(relid).and_then(|s| s.seq_index) {
-        run(&format!("DROP INDEX IF EXISTS {index}"));
-    }
-    Spi::run_with_args(
-        "DELETE FROM threadcast.sources WHERE source = $1::pg_catalog.oid::pg_catalog.regclass",
-        &[relid.into()],
-    )
-    .unwrap_or_else(|e| internal(&format!("cannot unregister {table}"), e));
+    let (relid, table) = (tbl.oid, tbl.name.as_str());
+    as_owner(tbl.owner, || {
+        drop_triggers(relid, table);
+        let Some(source) = catalog::source(relid) else {
+            return;
+        };
+        if source.owns_index {
+            // Found in the catalog as an index of this very table on (thread, seq).
+            if let Some(index) =
+                catalog::seq_index(relid, &source.thread_column, &source.seq_column)
+            {
+                run(&format!("DROP INDEX {index}"));
+            }
+        }
+    });
+    privileged::call::<()>("unregister_source", &[&Arg::Value(relid)]);
 }

@@ -4,7 +4,7 @@
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use crate::cluster::Cluster;
+use threadcast_harness::Cluster;
 
 /// The role the broadcaster connects as, created by `sql/roles.sql` exactly as in production: it
 /// may read and insert replies (`POST /api/widget/replies`) and nothing more.
@@ -73,6 +73,36 @@ impl TestDb {
             admin_url,
             client,
         }
+    }
+
+    /// A database of the shared cluster that the caller has set up itself (no extension or
+    /// schema installed here).
+    pub async fn attach(name: &str) -> TestDb {
+        TestDb::attach_in(Cluster::shared(), name).await
+    }
+
+    /// [`TestDb::attach`] for a database of `cluster`.
+    pub async fn attach_in(cluster: &Cluster, name: &str) -> TestDb {
+        let admin_url = cluster.url(name, "postgres");
+        TestDb {
+            reader_url: cluster.url(name, READER_ROLE),
+            name: name.to_owned(),
+            client: connect(&admin_url).await,
+            admin_url,
+        }
+    }
+
+    /// The keys that sign notifications, as the broadcaster reads them.
+    pub async fn keys(&self) -> threadcast_payload::KeyRing {
+        let rows = self
+            .client
+            .query("SELECT kid, secret FROM threadcast.keys", &[])
+            .await
+            .expect("read threadcast.keys");
+        threadcast_payload::KeyRing::new(rows.iter().map(|r| {
+            threadcast_payload::Key::from_row(r.get::<_, i32>(0) as u32, r.get::<_, &[u8]>(1))
+                .expect("a 32-byte key")
+        }))
     }
 
     /// A new feedback thread; returns its id (the thread key).

@@ -1,5 +1,5 @@
 //! The black-box test harness: a real PostgreSQL cluster with the `threadcast` extension
-//! ([`Cluster`], [`TestDb`]), the real broadcaster served on a loopback port ([`TestServer`]), and
+//! ([`Cluster`], from `threadcast-harness`, which `cargo xtask` shares; [`TestDb`]), the real broadcaster served on a loopback port ([`TestServer`]), and
 //! a real HTTP client reading the SSE wire format ([`SseStream`]), a client that reconnects like
 //! EventSource ([`Subscriber`]), a writer that retries through outages ([`Writer`]), and the one
 //! delivery check every fault test ends with ([`assert_exactly_once`]).
@@ -16,9 +16,9 @@
 //! # }
 //! ```
 
+pub mod attacker;
 pub mod browser;
 pub mod capture;
-pub mod cluster;
 pub mod db;
 pub mod exactly_once;
 pub mod https;
@@ -36,7 +36,6 @@ pub mod writer;
 use std::future::Future;
 use std::time::Duration;
 
-pub use cluster::Cluster;
 pub use db::TestDb;
 pub use exactly_once::{
     assert_every_subscriber_got_exactly_once, assert_exactly_once, assert_exactly_once_in,
@@ -44,6 +43,7 @@ pub use exactly_once::{
 pub use server::TestServer;
 pub use sse::{SseEvent, SseItem, SseStream};
 pub use subscriber::Subscriber;
+pub use threadcast_harness::Cluster;
 pub use writer::Writer;
 
 /// How long [`eventually`] waits before failing.

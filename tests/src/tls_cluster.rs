@@ -3,8 +3,11 @@
 //! superuser may still connect in plain text to arrange the test.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use crate::cluster::{chown_to_postgres, Cluster};
+use threadcast_harness::cluster::chown_to_postgres;
+use threadcast_harness::Cluster;
+
 use crate::db::READER_ROLE;
 use crate::pki::{CertFiles, TestCa};
 use crate::scratch::ScratchDir;
@@ -29,7 +32,29 @@ pub struct TlsCluster {
     _dir: ScratchDir,
 }
 
+static SHARED: OnceLock<TlsCluster> = OnceLock::new();
+
+extern "C" fn stop_shared() {
+    if let Some(shared) = SHARED.get() {
+        let _ = shared.cluster.stop();
+        let _ = std::fs::remove_dir_all(shared.cluster.dir());
+        let _ = std::fs::remove_dir_all(shared._dir.path());
+    }
+}
+
 impl TlsCluster {
+    /// The TLS cluster shared by the tests of this process, started on first use and stopped
+    /// when the process exits (statics are never dropped, hence `atexit`, as for
+    /// `Cluster::shared`).
+    pub fn shared() -> &'static TlsCluster {
+        SHARED.get_or_init(|| {
+            let cluster = TlsCluster::start();
+            // SAFETY: registers a plain `extern "C" fn` with no arguments, as atexit expects.
+            unsafe { libc::atexit(stop_shared) };
+            cluster
+        })
+    }
+
     /// Makes the CAs and certificates, and starts the cluster.
     pub fn start() -> TlsCluster {
         let dir = ScratchDir::new("threadcast-tls");
@@ -37,7 +62,20 @@ impl TlsCluster {
         let other = TestCa::new(dir.path(), "other");
         let server = ca.server_cert("server", &[SERVER_NAME]);
         let client = ca.client_cert("client", CERT_ROLE);
-        let cluster = Cluster::start_with(|data| configure(data, &ca.cert_path(), &server));
+        let hba = write_server_files(dir.path(), &server);
+        let (cert, key, root, hba) = (
+            server.cert.display().to_string(),
+            server.key.display().to_string(),
+            ca.cert_path().display().to_string(),
+            hba.display().to_string(),
+        );
+        let cluster = Cluster::start_with(&[
+            ("ssl", "on"),
+            ("ssl_cert_file", &cert),
+            ("ssl_key_file", &key),
+            ("ssl_ca_file", &root),
+            ("hba_file", &hba),
+        ]);
         TlsCluster {
             cluster,
             ca: ca.cert_path(),
@@ -65,32 +103,23 @@ impl TlsCluster {
     }
 }
 
-/// Copies the server's files into the data folder and turns TLS on, with these rules: the
-/// broadcaster's role only over TLS, [`CERT_ROLE`] only over TLS with a certificate, the rest
-/// (the superuser arranging the test) as it likes.
-fn configure(data: &Path, ca: &Path, server: &CertFiles) {
-    for (from, to) in [
-        (&server.cert, "server.crt"),
-        (&server.key, "server.key"),
-        (&ca.to_path_buf(), "root.crt"),
-    ] {
-        let target = data.join(to);
-        std::fs::copy(from, &target).expect("copy a certificate into the data folder");
-        chown_to_postgres(&target);
-    }
-    let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
-    conf.push_str(
-        "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
-         ssl_ca_file = 'root.crt'\n",
-    );
-    std::fs::write(data.join("postgresql.conf"), conf).expect("write postgresql.conf");
-    let hba = format!(
-        "local all all trust\n\
-         hostssl all {CERT_ROLE} 127.0.0.1/32 cert\n\
-         hostnossl all {CERT_ROLE} 127.0.0.1/32 reject\n\
-         hostssl all {READER_ROLE} 127.0.0.1/32 trust\n\
-         hostnossl all {READER_ROLE} 127.0.0.1/32 reject\n\
-         host all all 127.0.0.1/32 trust\n"
-    );
-    std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+/// Gives the server its key (PostgreSQL wants to own it) and writes the `pg_hba.conf` it runs
+/// with: the broadcaster's role only over TLS, [`CERT_ROLE`] only over TLS with a certificate,
+/// the rest (the superuser arranging the test) as it likes. Returns the file's path.
+fn write_server_files(dir: &Path, server: &CertFiles) -> PathBuf {
+    chown_to_postgres(&server.key).expect("give the server its key");
+    let hba = dir.join("pg_hba.conf");
+    std::fs::write(
+        &hba,
+        format!(
+            "local all all trust\n\
+             hostssl all {CERT_ROLE} 127.0.0.1/32 cert\n\
+             hostnossl all {CERT_ROLE} 127.0.0.1/32 reject\n\
+             hostssl all {READER_ROLE} 127.0.0.1/32 trust\n\
+             hostnossl all {READER_ROLE} 127.0.0.1/32 reject\n\
+             host all all 127.0.0.1/32 trust\n"
+        ),
+    )
+    .expect("write pg_hba.conf");
+    hba
 }

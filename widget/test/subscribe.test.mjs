@@ -226,6 +226,27 @@ test('a delete removes the reply; a stale delete is ignored', async () => {
   sub.unsubscribe()
 })
 
+test('a reset empties the list, and later replies start it afresh', async () => {
+  let resets = 0
+  const { ES, sub, log } = manual({ onReset: () => resets++ })
+  await until(() => ES.last)
+  const es = ES.last
+  es.open()
+  es.send('reply', 1, row('a', 1))
+  es.send('reply', 2, row('b', 2))
+  const changes = log.change
+  es.send('reset', 3, {})
+  assert.deepEqual(ids(sub), [])
+  assert.equal(resets, 1)
+  assert.equal(log.change, changes + 1, 'the list changed once')
+  assert.equal(sub.lastSeq, 3)
+  es.send('reset', 3, {}) // a replay of the same reset changes nothing
+  assert.equal(resets, 1)
+  es.send('reply', 4, row('c', 4))
+  assert.deepEqual(ids(sub), ['c'])
+  sub.unsubscribe()
+})
+
 test('malformed data is ignored and does not advance the seq', async () => {
   const { ES, sub } = manual()
   await until(() => ES.last)

@@ -23,12 +23,20 @@ pub struct Args {
     /// Pause after both clients have a reply, before the next commit, in milliseconds.
     #[arg(long, default_value_t = 5)]
     pause_ms: u64,
+    /// Use the extension already installed in the PostgreSQL of `PG_BIN` (no set-up, no
+    /// `cargo pgrx install`).
+    #[arg(long)]
+    no_install: bool,
 }
 
 const THREAD: &str = "00000000-0000-4000-8000-000000000001";
 
 pub fn run(args: Args) -> Result<()> {
-    let stack = Stack::up("bench-proxy", &[("synchronous_commit", "off")])?;
+    let stack = Stack::up(
+        "bench-proxy",
+        &[("synchronous_commit", "off")],
+        !args.no_install,
+    )?;
     let machine = stack::machine();
     let broadcaster = stack.broadcaster(1000)?;
     crate::cmd::output(stack.psql().arg("-c").arg(format!(

@@ -3,6 +3,8 @@
 //! and 1,000 subscribers; 1,000 threads with one each), the RSS of idle streams, and fan-out at
 //! saturation with the CPU time it took. Prints the tables for docs/benchmarks.md.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use serde_json::Value;
 
@@ -25,6 +27,15 @@ pub struct Args {
     /// Seconds per fan-out step.
     #[arg(long, default_value_t = 5)]
     step_secs: u64,
+    /// Use the extension already installed in the PostgreSQL of `PG_BIN` (no set-up, no
+    /// `cargo pgrx install`).
+    #[arg(long)]
+    no_install: bool,
+    /// Another broadcaster binary to measure side by side with this build's (for example the
+    /// main branch's, built into another target dir): each measurement runs for it, then for
+    /// this build, and a table compares the two.
+    #[arg(long)]
+    before: Option<PathBuf>,
     /// Run the multi-replica cases (capacity over several replicas, failover, the primary's
     /// cost per listening replica) instead of the single-replica ones.
     #[arg(long)]
@@ -41,13 +52,22 @@ const STREAMS_TARGET: u64 = 50_000;
 pub fn run(args: Args) -> Result<()> {
     // The writers' commits need not wait for the disk: what is measured starts when COMMIT
     // returns, and a shared machine's disk would only make the write rate jitter.
-    let stack = Stack::up("bench-stream", &[("synchronous_commit", "off")])?;
+    let stack = Stack::up(
+        "bench-stream",
+        &[("synchronous_commit", "off")],
+        !args.no_install,
+    )?;
     let machine = stack::machine();
     if args.multi_replica {
         println!("\n{machine}\n");
         return crate::bench_replicas::run(&stack, &args.multi);
     }
 
+    let mut bins = Vec::new();
+    if let Some(before) = &args.before {
+        bins.push(("before", before.clone()));
+    }
+    bins.push(("after", stack.broadcaster_bin()));
     // Capacity first, on a fresh broadcaster, so that RSS with no streams means what it says.
     let most: usize = args
         .counts
@@ -55,39 +75,65 @@ pub fn run(args: Args) -> Result<()> {
         .filter_map(|c| c.trim().parse().ok())
         .max()
         .unwrap_or(0);
-    let broadcaster = stack.broadcaster(most + 1000)?;
-    let capacity = stack.loadgen(&broadcaster, &["capacity", "--counts", &args.counts])?;
-    broadcaster.stop()?;
+    let mut runs: Vec<Run> = bins
+        .iter()
+        .map(|(label, bin)| Run {
+            label,
+            bin: bin.clone(),
+            capacity: Value::Null,
+            shared: Value::Null,
+            latency: Value::Null,
+            fanout: Value::Null,
+        })
+        .collect();
+    for run in &mut runs {
+        let broadcaster = stack.broadcaster_from(&run.bin, most + 1000)?;
+        run.capacity = stack.loadgen(&broadcaster, &["capacity", "--counts", &args.counts])?;
+        broadcaster.stop()?;
+    }
     // The same with ten streams per thread: the difference is what a thread task costs.
-    let broadcaster = stack.broadcaster(11_000)?;
-    let shared = stack.loadgen(
-        &broadcaster,
-        &["capacity", "--counts", "10000", "--per-thread", "10"],
-    )?;
-    broadcaster.stop()?;
-
-    let broadcaster = stack.broadcaster(10_000)?;
-    let latency = stack.loadgen(
-        &broadcaster,
-        &[
-            "latency",
-            "--cases",
-            &args.cases,
-            "--events",
-            &args.events.to_string(),
-        ],
-    )?;
-    let fanout = stack.loadgen(
-        &broadcaster,
-        &[
-            "fanout",
-            "--subscribers",
-            &args.fanout_subscribers.to_string(),
-            "--step-secs",
-            &args.step_secs.to_string(),
-        ],
-    )?;
-    broadcaster.stop()?;
+    for run in &mut runs {
+        let broadcaster = stack.broadcaster_from(&run.bin, 11_000)?;
+        run.shared = stack.loadgen(
+            &broadcaster,
+            &["capacity", "--counts", "10000", "--per-thread", "10"],
+        )?;
+        broadcaster.stop()?;
+    }
+    for run in &mut runs {
+        let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
+        run.latency = stack.loadgen(
+            &broadcaster,
+            &[
+                "latency",
+                "--cases",
+                &args.cases,
+                "--events",
+                &args.events.to_string(),
+            ],
+        )?;
+        run.fanout = stack.loadgen(
+            &broadcaster,
+            &[
+                "fanout",
+                "--subscribers",
+                &args.fanout_subscribers.to_string(),
+                "--step-secs",
+                &args.step_secs.to_string(),
+            ],
+        )?;
+        broadcaster.stop()?;
+    }
+    if runs.len() > 1 {
+        print_comparison(&runs);
+    }
+    let Run {
+        capacity,
+        shared,
+        latency,
+        fanout,
+        ..
+    } = runs.pop().expect("this build was measured");
 
     eprintln!("broadcaster log: {}", stack.log_path().display());
     println!("\n{machine}\n");
@@ -102,6 +148,86 @@ pub fn run(args: Args) -> Result<()> {
         println!("- {line}");
     }
     Ok(())
+}
+
+/// One broadcaster binary's measurements.
+struct Run {
+    label: &'static str,
+    bin: PathBuf,
+    capacity: Value,
+    shared: Value,
+    latency: Value,
+    fanout: Value,
+}
+
+impl Run {
+    /// RSS per idle stream at the most streams measured, one thread each.
+    fn bytes_per_stream(&self) -> Option<f64> {
+        self.capacity["capacity"]["points"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["bytes_per_stream"].as_f64())
+            .next_back()
+    }
+
+    /// p99 commit-to-receive at one thread with 1,000 subscribers, in µs.
+    fn p99_1x1000(&self) -> Option<f64> {
+        self.latency["latency"]
+            .as_array()?
+            .iter()
+            .find(|c| c["threads"] == 1 && c["subscribers_per_thread"] == 1000)?["latency"]
+            ["p99_us"]
+            .as_f64()
+    }
+
+    /// Events delivered per second at saturation.
+    fn fanout(&self) -> Option<f64> {
+        self.fanout["fanout"]["best"]["events_per_s"].as_f64()
+    }
+}
+
+/// The side-by-side table of `--before`.
+fn print_comparison(runs: &[Run]) {
+    println!("\nSide by side, measured in this one run (each measurement for one binary, then the other)\n");
+    let labels: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} (`{}`)", r.label, r.bin.display()))
+        .collect();
+    println!("| measure | {} | ratio |", labels.join(" | "));
+    println!("|---|{}---:|", "---:|".repeat(runs.len()));
+    type Measure = fn(&Run) -> Option<f64>;
+    type Show = fn(f64) -> String;
+    let rows: [(&str, Measure, Show); 3] = [
+        (
+            "bytes per idle stream (lower is better)",
+            Run::bytes_per_stream,
+            |v| thousands(v as u64),
+        ),
+        ("p99 at 1 x 1,000 (lower is better)", Run::p99_1x1000, |v| {
+            format!("{:.2} ms", v / 1000.0)
+        }),
+        (
+            "fan-out events/s at saturation (higher is better)",
+            Run::fanout,
+            |v| thousands(v as u64),
+        ),
+    ];
+    for (name, value, show) in rows {
+        let values: Vec<Option<f64>> = runs.iter().map(value).collect();
+        let cells: Vec<String> = values
+            .iter()
+            .map(|v| v.map_or_else(|| "?".to_owned(), show))
+            .collect();
+        let ratio = match (
+            values.first().copied().flatten(),
+            values.last().copied().flatten(),
+        ) {
+            (Some(before), Some(after)) if before > 0.0 => format!("{:.2}", after / before),
+            _ => "?".to_owned(),
+        };
+        println!("| {name} | {} | {ratio} |", cells.join(" | "));
+    }
+    println!();
 }
 
 fn ms(us: &Value) -> String {

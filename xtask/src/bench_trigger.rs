@@ -1,6 +1,9 @@
 //! `cargo xtask bench trigger`: what a notifying trigger costs an insert. pgbench inserts into
-//! `feedback_replies` on one cluster, in one run, for four set-ups side by side, while a consumer
-//! LISTENs and drains each database. Prints the median TPS of each cell and the ratio to no trigger.
+//! `feedback_replies` on one cluster, in one run, for the set-ups side by side (no trigger, a
+//! hand-written PL/pgSQL one, contrib's tcn, threadcast, and with `--baseline REV` the threadcast
+//! of an earlier git revision, built and installed beside it as `threadcast_baseline`), while a
+//! consumer LISTENs and drains each database. Prints the median TPS of each cell and the ratio to
+//! no trigger.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,9 +13,9 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::cluster::Cluster;
+use crate::cluster::{self, Cluster};
 use crate::cmd;
-use crate::setup::{self, pg_bin, PG_CONFIG};
+use crate::setup::{self, PG_CONFIG};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,7 +31,13 @@ pub struct Args {
     /// Feedback threads the inserts spread over.
     #[arg(long, default_value_t = 1000)]
     threads: u32,
+    /// Also measure the extension as of this git revision (for example `v0.1.0`), side by side.
+    #[arg(long)]
+    baseline: Option<String>,
 }
+
+/// The extension a baseline revision is installed as, beside today's.
+const BASELINE: &str = "threadcast_baseline";
 
 /// (name, SQL that attaches the set-up's trigger to feedback_replies).
 const SETUPS: &[(&str, &str)] = &[
@@ -99,9 +108,9 @@ fn pgbench(
     args: &Args,
 ) -> Result<f64> {
     let out = cmd::output(
-        Command::new(format!("{}/pgbench", pg_bin()))
+        Command::new(threadcast_harness::cluster::pg_bin("pgbench"))
             .args(["-n", "-h", "127.0.0.1", "-U", "postgres", "-p"])
-            .arg(cluster.port.to_string())
+            .arg(cluster.port().to_string())
             .arg("-c")
             .arg(clients.to_string())
             .arg("-j")
@@ -141,28 +150,107 @@ pub fn run(args: Args) -> Result<()> {
             .current_dir(repo.join("pg_ext"))
             .args(["pgrx", "install", "--release", "--pg-config", PG_CONFIG]),
     )?;
-    let cluster = Cluster::create(
+    let mut setups: Vec<(String, &str, &str)> = SETUPS
+        .iter()
+        .map(|(name, sql)| (name.to_string(), "threadcast", *sql))
+        .collect();
+    if let Some(rev) = &args.baseline {
+        install_baseline(rev)?;
+        setups.push((
+            format!("threadcast {rev}"),
+            BASELINE,
+            "SELECT threadcast.enable('public.feedback_replies');",
+        ));
+    }
+    let cluster = cluster::create(
         "bench",
         &[("max_connections", "100"), ("shared_buffers", "256MB")],
     )?;
-    let result = measure(&cluster, &args);
-    cluster.stop();
+    let result = measure(&cluster, &args, &setups);
+    let _ = cluster.stop();
     result
 }
 
-fn measure(cluster: &Cluster, args: &Args) -> Result<()> {
+/// Builds the extension as of git revision `rev` (in a worktree under `target/`, sharing the
+/// build cache) and installs it as [`BASELINE`]: its own library, control file and install
+/// script, so that both versions can be measured in one cluster.
+fn install_baseline(rev: &str) -> Result<()> {
+    let repo = cmd::repo();
+    let tree = repo.join("target").join("bench-baseline");
+    if tree.exists() {
+        let _ = cmd::run(
+            Command::new("git")
+                .current_dir(&repo)
+                .args(["worktree", "remove", "--force"])
+                .arg(&tree),
+        );
+    }
+    cmd::run(
+        Command::new("git")
+            .current_dir(&repo)
+            .args(["worktree", "add", "--force", "--detach"])
+            .arg(&tree)
+            .arg(rev),
+    )?;
+    let out = tree.join("target").join("package");
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(tree.join("pg_ext"))
+            .env("CARGO_TARGET_DIR", repo.join("target").join("baseline"))
+            .args(["pgrx", "package", "--pg-config", PG_CONFIG, "--out-dir"])
+            .arg(&out),
+    )?;
+    let libdir = cmd::output(Command::new(PG_CONFIG).arg("--pkglibdir"))?;
+    let sharedir = cmd::output(Command::new(PG_CONFIG).arg("--sharedir"))?;
+    let (libdir, extdir) = (
+        std::path::PathBuf::from(libdir.trim()),
+        std::path::Path::new(sharedir.trim()).join("extension"),
+    );
+    let packaged = |dir: &std::path::Path| out.join(dir.strip_prefix("/").unwrap_or(dir));
+    std::fs::copy(
+        packaged(&libdir).join("threadcast.so"),
+        libdir.join(format!("{BASELINE}.so")),
+    )?;
+    let mut version = None;
+    for entry in std::fs::read_dir(packaged(&extdir))? {
+        let name = entry?.file_name().into_string().unwrap_or_default();
+        if let Some(v) = name
+            .strip_prefix("threadcast--")
+            .and_then(|n| n.strip_suffix(".sql"))
+            .filter(|v| !v.contains("--"))
+        {
+            std::fs::copy(
+                packaged(&extdir).join(&name),
+                extdir.join(format!("{BASELINE}--{v}.sql")),
+            )?;
+            version = Some(v.to_owned());
+        }
+    }
+    let version = version.context("the baseline's package has no install script")?;
+    std::fs::write(
+        extdir.join(format!("{BASELINE}.control")),
+        format!(
+            "comment = 'threadcast as of {rev}, for benchmarks'\ndefault_version = '{version}'\n\
+             module_pathname = '$libdir/{BASELINE}'\nschema = threadcast\nrelocatable = false\n\
+             superuser = true\ntrusted = false\n"
+        ),
+    )?;
+    Ok(())
+}
+
+fn measure(cluster: &Cluster, args: &Args, setups: &[(String, &str, &str)]) -> Result<()> {
     let tables = tables_sql()?;
-    let script = cluster.dir.join("insert.sql");
+    let script = cluster.dir().join("insert.sql");
     std::fs::write(&script, INSERT_SCRIPT)?;
     let rt = tokio::runtime::Runtime::new()?;
     let mut consumers = Vec::new();
-    for (name, trigger_sql) in SETUPS {
-        let db = format!("bench_{name}");
+    for (si, (_, extension, trigger_sql)) in setups.iter().enumerate() {
+        let db = format!("bench_{si}");
         cluster.create_db(&db)?;
         cmd::output(
             cluster
                 .psql(&db)
-                .args(["-c", "CREATE EXTENSION threadcast"]),
+                .args(["-c", &format!("CREATE EXTENSION {extension}")]),
         )?;
         cmd::output(cluster.psql(&db).args(["-c", &tables]))?;
         cmd::output(cluster.psql(&db).args(["-c", &format!(
@@ -172,19 +260,19 @@ fn measure(cluster: &Cluster, args: &Args) -> Result<()> {
         if !trigger_sql.is_empty() {
             cmd::output(cluster.psql(&db).args(["-c", trigger_sql]))?;
         }
-        consumers.push(rt.block_on(consumer(cluster.url(&db)))?);
+        consumers.push(rt.block_on(consumer(cluster.uri(&db, "postgres")))?);
     }
 
     // tps[clients][setup] = one figure per run; set-ups interleave so that drift hits them alike.
-    let mut tps = vec![vec![Vec::new(); SETUPS.len()]; args.clients.len()];
+    let mut tps = vec![vec![Vec::new(); setups.len()]; args.clients.len()];
     for run in 0..args.runs {
         for (ci, &clients) in args.clients.iter().enumerate() {
-            for (si, (name, _)) in SETUPS.iter().enumerate() {
-                let db = format!("bench_{name}");
+            for (si, (name, _, _)) in setups.iter().enumerate() {
+                let db = format!("bench_{si}");
                 cmd::output(cluster.psql(&db).args([
                     "-c",
                     // Every set-up starts from empty tables, threadcast's counters included.
-                    "TRUNCATE feedback_replies, threadcast.counters",
+                    "TRUNCATE feedback_replies, threadcast.counters, threadcast.tombstones",
                     "-c",
                     "CHECKPOINT",
                 ]))?;
@@ -217,13 +305,13 @@ fn measure(cluster: &Cluster, args: &Args) -> Result<()> {
     );
     println!(
         "| clients | {} |",
-        SETUPS
+        setups
             .iter()
-            .map(|(n, _)| *n)
+            .map(|(n, _, _)| n.as_str())
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    println!("|---:|{}", "---:|".repeat(SETUPS.len()));
+    println!("|---:|{}", "---:|".repeat(setups.len()));
     for (ci, clients) in args.clients.iter().enumerate() {
         let base = median(tps[ci][0].clone());
         let cells: Vec<String> = tps[ci]

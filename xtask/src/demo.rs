@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::cluster::Cluster;
+use crate::cluster;
 use crate::cmd;
 use crate::setup::{self, PG_CONFIG};
 
@@ -36,7 +36,7 @@ pub fn run(args: Args) -> Result<()> {
         "threadcast-broadcaster",
     ]))?;
 
-    let cluster = Cluster::create("demo", &[])?;
+    let cluster = cluster::create("demo", &[])?;
     let db = "threadcast_demo";
     cluster.create_db(db)?;
     cmd::output(cluster.psql(db).args(["-c", "CREATE EXTENSION threadcast"]))?;
@@ -51,11 +51,8 @@ pub fn run(args: Args) -> Result<()> {
     ]))?;
 
     let secret = format!("demo-secret-{}", std::process::id());
-    let url = cluster.url(db);
-    let broadcaster_url = format!(
-        "postgres://threadcast_broadcaster@127.0.0.1:{}/{db}",
-        cluster.port
-    );
+    let url = cluster.uri(db, "postgres");
+    let broadcaster_url = cluster.uri(db, "threadcast_broadcaster");
     let bin = cmd::target_dir().join("debug/threadcast-broadcaster");
     let mut broadcaster = Command::new(&bin)
         .arg("--demo")
@@ -96,7 +93,7 @@ pub fn run(args: Args) -> Result<()> {
         rt.block_on(async { while tokio::signal::ctrl_c().await.is_ok() {} });
     });
     let status = broadcaster.wait();
-    cluster.stop();
+    let _ = cluster.stop();
     status?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask`: the project's automation, in Rust. `setup` installs what is missing, `demo`
-//! brings up PostgreSQL with the extension and the broadcaster, `test` runs every test, `bench`
-//! measures.
+//! brings up PostgreSQL with the extension and the broadcaster, `lint` checks formatting and
+//! clippy, `test` runs every test (`--quick`: the inner loop), `bench` measures.
 
 mod bench_proxy;
 mod bench_replicas;
@@ -9,6 +9,7 @@ mod bench_trigger;
 mod cluster;
 mod cmd;
 mod demo;
+mod lint;
 mod procstat;
 mod setup;
 mod soak;
@@ -35,9 +36,12 @@ enum Task {
     /// Set up, start a throwaway PostgreSQL with the extension and demo data, and run the
     /// broadcaster with its demo page until Ctrl-C.
     Demo(demo::Args),
-    /// Set up, then run every test: the pg_tests, the black-box and browser tests, the widget's
-    /// client tests.
-    Test,
+    /// Formatting and clippy (warnings are errors), the extension included.
+    Lint,
+    /// Set up, lint, then run every test: the pg_tests, the black-box and browser tests, the
+    /// widget's client tests. `--quick`: the lint and the tests that need no PostgreSQL and no
+    /// browser.
+    Test(test::Args),
     /// Benchmarks (not tests): they print a table to paste into docs/benchmarks.md.
     #[command(subcommand)]
     Bench(Bench),
@@ -62,7 +66,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Demo(args) => demo::run(args),
-        Task::Test => test::run(),
+        Task::Lint => lint::run(),
+        Task::Test(args) => test::run(args),
         Task::Bench(Bench::Trigger(args)) => bench_trigger::run(args),
         Task::Bench(Bench::Stream(args)) => bench_stream::run(args),
         Task::Bench(Bench::Proxy(args)) => bench_proxy::run(args),

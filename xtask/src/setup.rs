@@ -9,18 +9,6 @@ use crate::cmd::{self, privileged};
 
 /// Debian's PostgreSQL 15: never a downloaded build.
 pub const PG_CONFIG: &str = "/usr/lib/postgresql/15/bin/pg_config";
-const DEBIAN_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// The PostgreSQL binaries the clusters run: Debian's, or `PG_BIN`'s, a PostgreSQL 15 that already
-/// has the extension installed (so that nothing is installed into the system's PostgreSQL).
-pub fn pg_bin() -> String {
-    std::env::var("PG_BIN").unwrap_or_else(|_| DEBIAN_PG_BIN.to_owned())
-}
-
-/// Whether `PG_BIN` names a PostgreSQL of its own, with the extension already in it.
-pub fn own_pg_bin() -> bool {
-    std::env::var_os("PG_BIN").is_some()
-}
 
 /// Must equal the pgrx pin in Cargo.toml: cargo-pgrx refuses a pgrx that differs from it.
 pub const PGRX_VERSION: &str = "0.18.0";

@@ -6,28 +6,18 @@
 
 use anyhow::{bail, Result};
 
+use threadcast_harness::SoakArgs;
+
 use crate::stack::{self, Stack};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// How long the load runs (the final catch-up and checks come after).
-    #[arg(long, default_value_t = 10.0)]
-    minutes: f64,
-    /// Streams open at once.
-    #[arg(long, default_value_t = 4000)]
-    streams: u32,
-    /// Threads the streams and writes spread over.
-    #[arg(long, default_value_t = 800)]
-    threads: u32,
-    /// Changes committed per second (5% of them delete a reply).
-    #[arg(long, default_value_t = 100.0)]
-    write_rate: f64,
-    /// Mean seconds a client stays connected before it drops and resumes.
-    #[arg(long, default_value_t = 60.0)]
-    disconnect_mean_secs: f64,
-    /// Seconds between two kills of the LISTEN connection.
-    #[arg(long, default_value_t = 30)]
-    kill_every_secs: u64,
+    #[command(flatten)]
+    soak: SoakArgs,
+    /// Use the extension already installed in the PostgreSQL of `PG_BIN` (no set-up, no
+    /// `cargo pgrx install`).
+    #[arg(long)]
+    no_install: bool,
 }
 
 /// RSS may drift this much between the first and the last fifth of the steady part of the run
@@ -35,32 +25,19 @@ pub struct Args {
 const RSS_TOLERANCE: f64 = 0.05;
 
 pub fn run(args: Args) -> Result<()> {
-    if !(args.minutes > 0.0 && args.minutes <= 24.0 * 60.0) {
+    let soak = &args.soak;
+    if !(soak.minutes > 0.0 && soak.minutes <= 24.0 * 60.0) {
         bail!("--minutes must be between 0 and 1440");
     }
     // Durable commits (the default): a change a client saw must still be in the table if the
     // database crashes and recovers during the soak.
-    let stack = Stack::up("soak", &[])?;
+    let stack = Stack::up("soak", &[], !args.no_install)?;
     let machine = stack::machine();
-    let broadcaster = stack.broadcaster(args.streams as usize * 2)?;
-    let result = stack.loadgen(
-        &broadcaster,
-        &[
-            "soak",
-            "--minutes",
-            &args.minutes.to_string(),
-            "--streams",
-            &args.streams.to_string(),
-            "--threads",
-            &args.threads.to_string(),
-            "--write-rate",
-            &args.write_rate.to_string(),
-            "--disconnect-mean-secs",
-            &args.disconnect_mean_secs.to_string(),
-            "--kill-every-secs",
-            &args.kill_every_secs.to_string(),
-        ],
-    )?;
+    let broadcaster = stack.broadcaster(soak.streams as usize * 2)?;
+    let mut loadgen_args = vec!["soak".to_owned()];
+    loadgen_args.extend(soak.to_args());
+    let loadgen_args: Vec<&str> = loadgen_args.iter().map(String::as_str).collect();
+    let result = stack.loadgen(&broadcaster, &loadgen_args)?;
     let stopped_in = broadcaster.stop()?;
     let s = &result["soak"];
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);

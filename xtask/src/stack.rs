@@ -5,13 +5,13 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cluster::Cluster;
+use crate::cluster::{self, Cluster};
 use crate::cmd;
 use crate::setup::{self, PG_CONFIG};
 
@@ -28,14 +28,15 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Sets up, installs the release build of the extension (unless `PG_BIN` names a PostgreSQL
-    /// that has it already), builds the release broadcaster and
-    /// load generator, and creates the cluster `name` with the database and `settings`.
-    pub fn up(name: &str, settings: &[(&str, &str)]) -> Result<Stack> {
-        setup::run()?;
+    /// Sets up and installs the release build of the extension (unless `install` is false: then
+    /// the extension already installed in the PostgreSQL of `PG_BIN` is used), builds the
+    /// release broadcaster and load generator, and creates the cluster `name` with the database
+    /// and `settings`.
+    pub fn up(name: &str, settings: &[(&str, &str)], install: bool) -> Result<Stack> {
         let repo = cmd::repo();
-        if !setup::own_pg_bin() {
-            install_extension()?;
+        if install {
+            setup::run()?;
+            install_extension(&repo)?;
         }
         cmd::run(Command::new("cargo").current_dir(&repo).args([
             "build",
@@ -45,36 +46,40 @@ impl Stack {
             "-p",
             "threadcast-loadgen",
         ]))?;
-        Stack::create(name, settings)
-    }
 
-    /// The cluster `name` with the database and `settings`, for binaries already built.
-    fn create(name: &str, settings: &[(&str, &str)]) -> Result<Stack> {
-        let repo = cmd::repo();
         let mut all = vec![("max_connections", "200")];
         all.extend_from_slice(settings);
-        let cluster = Cluster::create(name, &all)?;
+        let cluster = cluster::create(name, &all)?;
         let db = "threadcast";
         cluster.create_db(db)?;
         cmd::output(cluster.psql(db).args(["-c", "CREATE EXTENSION threadcast"]))?;
         cmd::output(cluster.psql(db).arg("-f").arg(repo.join("sql/schema.sql")))?;
         cmd::output(cluster.psql(db).arg("-f").arg(repo.join("sql/roles.sql")))?;
         Ok(Stack {
-            broadcaster_url: format!(
-                "postgres://threadcast_broadcaster@127.0.0.1:{}/{db}",
-                cluster.port
-            ),
-            url: cluster.url(db),
+            broadcaster_url: cluster.uri(db, "threadcast_broadcaster"),
+            url: cluster.uri(db, "postgres"),
             cluster,
             secret: format!("bench-secret-{}", std::process::id()),
             bin: cmd::target_dir().join("release"),
         })
     }
 
-    /// Starts a fresh broadcaster allowing `max_connections` streams, and waits until it is ready.
+    /// Starts a fresh broadcaster of this build allowing `max_connections` streams, and waits
+    /// until it is ready.
     pub fn broadcaster(&self, max_connections: usize) -> Result<Broadcaster> {
+        self.broadcaster_from(&self.broadcaster_bin(), max_connections)
+    }
+
+    /// This build's release broadcaster.
+    pub fn broadcaster_bin(&self) -> PathBuf {
+        self.bin.join("threadcast-broadcaster")
+    }
+
+    /// Starts a fresh broadcaster from the binary `bin` allowing `max_connections` streams, and
+    /// waits until it is ready.
+    pub fn broadcaster_from(&self, bin: &Path, max_connections: usize) -> Result<Broadcaster> {
         let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut command = Command::new(self.bin.join("threadcast-broadcaster"));
+        let mut command = Command::new(bin);
         command
             .env("DATABASE_URL", &self.broadcaster_url)
             .env("THREADCAST_ADDR", addr.to_string())
@@ -92,7 +97,9 @@ impl Stack {
                 Ok(())
             });
         }
-        let child = command.spawn().context("cannot start the broadcaster")?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
         let broadcaster = Broadcaster { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
         while get_status(addr, "/readyz") != Some(200) {
@@ -106,7 +113,7 @@ impl Stack {
 
     /// Where the broadcasters log (each appends).
     pub fn log_path(&self) -> PathBuf {
-        self.cluster.dir.join("broadcaster.log")
+        self.cluster.dir().join("broadcaster.log")
     }
 
     fn log(&self) -> Result<std::fs::File> {
@@ -235,8 +242,24 @@ impl Drop for Loadgen {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.cluster.stop();
+        let _ = self.cluster.stop();
     }
+}
+
+/// `cargo pgrx install --release` into Debian's PostgreSQL 15.
+fn install_extension(repo: &std::path::Path) -> Result<()> {
+    let mut install = Command::new("cargo");
+    install.current_dir(repo.join("pg_ext")).args([
+        "pgrx",
+        "install",
+        "--release",
+        "--pg-config",
+        PG_CONFIG,
+    ]);
+    if !cmd::is_root() {
+        install.arg("--sudo");
+    }
+    cmd::run(&mut install)
 }
 
 /// The broadcaster process; dropping it stops it.
@@ -286,23 +309,6 @@ impl Drop for Broadcaster {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Installs the release build of the extension into Debian's PostgreSQL.
-fn install_extension() -> Result<()> {
-    let repo = cmd::repo();
-    let mut install = Command::new("cargo");
-    install.current_dir(repo.join("pg_ext")).args([
-        "pgrx",
-        "install",
-        "--release",
-        "--pg-config",
-        PG_CONFIG,
-    ]);
-    if !cmd::is_root() {
-        install.arg("--sudo");
-    }
-    cmd::run(&mut install)
 }
 
 /// Sets the soft open-files limit to the hard one: every stream is a descriptor on both sides.

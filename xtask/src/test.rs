@@ -1,5 +1,7 @@
-//! `cargo xtask test`: every test, in the order that makes a failure cheapest to read. CI runs
-//! exactly this.
+//! `cargo xtask test`: the lint, then every test, in the order that makes a failure cheapest to
+//! read. CI runs exactly this. `--quick` is the inner loop: the lint and every test that needs
+//! neither PostgreSQL nor a browser (the payload contract, the delivery core and the whole HTTP
+//! API on the in-memory store, the harness, the tools, the widget's client tests).
 
 use std::process::Command;
 
@@ -8,8 +10,28 @@ use anyhow::Result;
 use crate::cmd;
 use crate::setup::{self, PG_CONFIG};
 
-pub fn run() -> Result<()> {
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only what needs no PostgreSQL server and no browser: under two minutes once built.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// The crates whose tests need no PostgreSQL server and no browser.
+const QUICK_CRATES: &[&str] = &[
+    "threadcast-payload",
+    "threadcast-broadcaster",
+    "threadcast-harness",
+    "xtask",
+    "threadcast-loadgen",
+];
+
+pub fn run(args: Args) -> Result<()> {
+    if args.quick {
+        return quick();
+    }
     setup::run()?;
+    crate::lint::run()?;
     let repo = cmd::repo();
     let pg_ext = repo.join("pg_ext");
 
@@ -37,17 +59,50 @@ pub fn run() -> Result<()> {
         install.arg("--sudo");
     }
     cmd::run(&mut install)?;
+    install_upgrade_fixture()?;
 
     // 3. The payload contract, the broadcaster, and the black-box and browser tests in tests/.
     cmd::run(Command::new("cargo").current_dir(&repo).arg("test"))?;
 
     // 4. The widget's client tests (Node's test runner; no browser).
-    let widget = repo.join("widget");
+    widget()
+}
+
+/// The released 0.1.0's install script, which the upgrade tests (`tests/it/upgrade.rs`) start
+/// from. It is a test fixture, not part of the package: nobody should install 0.1.0 anew.
+fn install_upgrade_fixture() -> Result<()> {
+    let sharedir = cmd::output(Command::new(PG_CONFIG).arg("--sharedir"))?;
+    let script = "threadcast--0.1.0.sql";
+    let target = std::path::Path::new(sharedir.trim())
+        .join("extension")
+        .join(script);
+    cmd::run(
+        cmd::privileged("cp")
+            .arg(cmd::repo().join("tests/fixtures").join(script))
+            .arg(&target),
+    )
+}
+
+fn quick() -> Result<()> {
+    let started = std::time::Instant::now();
+    crate::lint::run()?;
+    let mut test = Command::new("cargo");
+    test.current_dir(cmd::repo()).arg("test");
+    for krate in QUICK_CRATES {
+        test.args(["-p", krate]);
+    }
+    cmd::run(&mut test)?;
+    widget()?;
+    eprintln!("quick tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn widget() -> Result<()> {
+    let widget = cmd::repo().join("widget");
     cmd::run(
         Command::new("npm")
             .current_dir(&widget)
             .args(["ci", "--no-audit", "--no-fund"]),
     )?;
-    cmd::run(Command::new("npm").current_dir(&widget).arg("test"))?;
-    Ok(())
+    cmd::run(Command::new("npm").current_dir(&widget).arg("test"))
 }

@@ -27,7 +27,7 @@ mod tests {
     fn enable_adds_the_seq_column_its_unique_index_the_triggers_and_the_registration() {
         schema();
         assert_eq!(one::<String>("SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = 'feedback_replies'::regclass AND attname = 'thread_seq'"), "bigint");
-        assert_eq!(threadcast_triggers(), 2);
+        assert_eq!(threadcast_triggers(), 3, "seq, notify and truncate");
         assert!(one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = 'feedback_replies'::regclass AND i.indisunique \
                AND i.indkey::text = (SELECT attnum FROM pg_attribute WHERE attrelid = i.indrelid AND attname = 'feedback_id') || ' ' || \
@@ -44,7 +44,7 @@ mod tests {
         schema();
         Spi::run("SELECT threadcast.enable('feedback_replies')").unwrap();
         Spi::run("SELECT threadcast.enable('feedback_replies')").unwrap();
-        assert_eq!(threadcast_triggers(), 2);
+        assert_eq!(threadcast_triggers(), 3, "seq, notify and truncate");
         assert_eq!(one::<i64>("SELECT count(*) FROM threadcast.sources"), 1);
         assert_eq!(one::<i64>("SELECT count(*) FROM pg_index WHERE indrelid = 'feedback_replies'::regclass AND indisunique"), 2, "the primary key and one seq index");
     }
@@ -60,7 +60,7 @@ mod tests {
             one::<String>("SELECT channel || '/' || payload FROM threadcast.sources"),
             "replies/keys"
         );
-        assert_eq!(threadcast_triggers(), 2);
+        assert_eq!(threadcast_triggers(), 3, "seq, notify and truncate");
         let t = thread(1);
         reply(&t, "hello");
         let sent = crate::trigger::take_sent();
@@ -132,7 +132,7 @@ mod tests {
     fn doctor_passes_every_check_but_the_listener_on_a_fresh_schema() {
         schema();
         let rows = one::<i64>("SELECT count(*) FROM threadcast.doctor('feedback_replies')");
-        assert_eq!(rows, 9, "every check reports a row");
+        assert_eq!(rows, 12, "every check reports a row");
         assert_eq!(
             doctor_failures(),
             vec!["listener".to_string()],

@@ -4,5 +4,6 @@
 mod bad_input;
 mod enable;
 mod payload;
+mod semantics;
 mod seq;
 mod support;

@@ -5,7 +5,7 @@ mod tests {
     use pgrx::prelude::*;
     use threadcast_payload::{Omitted, Op, Payload, MAX_PAYLOAD_BYTES};
 
-    use crate::tests::support::{one, reply, schema, thread};
+    use crate::tests::support::{keys, one, reply, schema, thread};
 
     /// The one payload the last statement queued, decoded; also checks it went to `threadcast`.
     fn only_payload() -> String {
@@ -28,7 +28,7 @@ mod tests {
         crate::trigger::take_sent();
         let (id, seq) = reply(&t, "hello");
         let text = only_payload();
-        let p = Payload::decode(&text).unwrap();
+        let p = Payload::verify(&text, &keys()).expect("signed with the current key");
         assert_eq!(
             (
                 p.v,
@@ -39,7 +39,7 @@ mod tests {
                 p.id.as_ref()
             ),
             (
-                1,
+                2,
                 Op::Insert,
                 "public.feedback_replies",
                 t.as_str(),
@@ -53,7 +53,9 @@ mod tests {
             seq,
             "the row carries its own number"
         );
-        assert!(text.starts_with(&format!(r#"{{"v":1,"op":"I","table":"public.feedback_replies","thread":"{t}","seq":1,"id":"{id}","row":{{"#)), "compact: {text}");
+        let src = one::<i64>("SELECT 'feedback_replies'::regclass::oid::int8");
+        assert_eq!(p.src, Some(src as u32), "the payload names the table's oid");
+        assert!(text.starts_with(&format!(r#"{{"v":2,"op":"I","table":"public.feedback_replies","src":{src},"thread":"{t}","seq":1,"id":"{id}","row":{{"#)), "compact: {text}");
     }
 
     #[pg_test]
@@ -80,12 +82,15 @@ mod tests {
         crate::trigger::take_sent();
         Spi::run(&format!("DELETE FROM feedback_replies WHERE id = '{id}'")).unwrap();
         let text = only_payload();
-        assert_eq!(
-            text,
-            format!(
-                r#"{{"v":1,"op":"D","table":"public.feedback_replies","thread":"{t}","seq":2,"id":"{id}"}}"#
-            )
+        let src = one::<i64>("SELECT 'feedback_replies'::regclass::oid::int8");
+        let kid = one::<i32>("SELECT max(kid) FROM threadcast.keys");
+        assert!(
+            text.starts_with(&format!(
+                r#"{{"v":2,"op":"D","table":"public.feedback_replies","src":{src},"thread":"{t}","seq":2,"id":"{id}","kid":{kid},"sig":""#
+            )),
+            "{text}"
         );
+        assert!(Payload::verify(&text, &keys()).is_ok(), "signed: {text}");
     }
 
     #[pg_test]

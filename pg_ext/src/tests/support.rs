@@ -33,3 +33,19 @@ pub fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
         .expect(sql)
         .expect("a non-NULL result")
 }
+
+/// Every key of `threadcast.keys` (a pg_test runs as a superuser, who may read them).
+pub fn keys() -> threadcast_payload::KeyRing {
+    Spi::connect(|c| {
+        let keys = c
+            .select("SELECT kid, secret FROM threadcast.keys", None, &[])
+            .unwrap()
+            .map(|row| {
+                let kid = row.get::<i32>(1).unwrap().unwrap();
+                let secret = row.get::<Vec<u8>>(2).unwrap().unwrap();
+                threadcast_payload::Key::from_row(kid as u32, &secret).unwrap()
+            })
+            .collect::<Vec<_>>();
+        threadcast_payload::KeyRing::new(keys)
+    })
+}

@@ -78,7 +78,7 @@ enum Phase {
         step_secs: u64,
     },
     /// Streams, writers, disconnects and LISTEN kills for a while; then exactly-once checks.
-    Soak(soak::Args),
+    Soak(threadcast_harness::SoakArgs),
     /// Holds streams over several replicas until told to report (multi-replica benchmark).
     Hold(hold::Args),
 }

@@ -14,39 +14,14 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use threadcast_harness::audit::audit_seqs;
+use threadcast_harness::SoakArgs;
+
 use crate::fleet::{thread_id, Target};
 use crate::procfs;
 use crate::sse_client::{self, Item, OpenError};
 use crate::stats::Summary;
 use crate::writer::{self, Writer};
-
-#[derive(clap::Args, Clone)]
-pub struct Args {
-    /// How long the load runs, before the final catch-up and checks.
-    #[arg(long, default_value_t = 10.0)]
-    minutes: f64,
-    /// Streams open at once (clients).
-    #[arg(long, default_value_t = 4000)]
-    streams: u32,
-    /// Threads the streams and the writes spread over.
-    #[arg(long, default_value_t = 800)]
-    threads: u32,
-    /// Changes committed per second (inserts, and deletes at --delete-share).
-    #[arg(long, default_value_t = 100.0)]
-    write_rate: f64,
-    /// Share of the changes that delete a thread's oldest reply.
-    #[arg(long, default_value_t = 0.05)]
-    delete_share: f64,
-    /// A client drops its connection after a random time, this long on average (seconds).
-    #[arg(long, default_value_t = 60.0)]
-    disconnect_mean_secs: f64,
-    /// The LISTEN connection is terminated this often (seconds).
-    #[arg(long, default_value_t = 30)]
-    kill_every_secs: u64,
-    /// The broadcaster's RSS is sampled this often (seconds).
-    #[arg(long, default_value_t = 5)]
-    sample_every_secs: u64,
-}
 
 /// EventSource's reconnection delay, as the broadcaster's `retry:` sets it.
 const RETRY: Duration = Duration::from_millis(2000);
@@ -78,11 +53,9 @@ impl Rng {
 #[derive(Default)]
 struct ClientLog {
     thread: u32,
-    /// Every seq received, strictly increasing (duplicates and out-of-order ones are counted
-    /// instead).
-    seqs: Vec<i64>,
-    duplicates: u64,
-    out_of_order: u64,
+    /// Every seq received, in arrival order (duplicates and misordered ones included: the
+    /// audit at the end counts them).
+    received: Vec<i64>,
     foreign: u64,
     connects: u64,
     refused: u64,
@@ -114,7 +87,7 @@ struct Shared {
 /// reach their streams once the broadcaster has reconnected and read them from the table.
 const AROUND_A_KILL: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(3));
 
-pub async fn run(target: Arc<Target>, db: &str, pid: u32, args: Args) -> Result<Value> {
+pub async fn run(target: Arc<Target>, db: &str, pid: u32, args: SoakArgs) -> Result<Value> {
     procfs::raise_open_files(args.streams as u64 * 2 + 1000);
     let threads: Vec<Uuid> = (0..args.threads as u64)
         .map(|i| thread_id(2_000_000 + i))
@@ -266,7 +239,7 @@ async fn table_state(db: &str, threads: &[Uuid]) -> Result<Vec<Expected>> {
 
 /// One client: connects (from seq 0, so it holds the whole thread), reads, drops its connection
 /// after a random while, waits as EventSource would and resumes with `Last-Event-ID`.
-async fn client(shared: Arc<Shared>, c: u32, args: Args) -> ClientLog {
+async fn client(shared: Arc<Shared>, c: u32, args: SoakArgs) -> ClientLog {
     let t = c % args.threads;
     let thread = shared.threads[t as usize];
     let token = shared.target.token(thread);
@@ -320,16 +293,11 @@ async fn client(shared: Arc<Shared>, c: u32, args: Args) -> ClientLog {
                         if !own_thread {
                             log.foreign += 1;
                         }
+                        log.received.push(seq);
                         if seq <= last {
-                            if log.seqs.binary_search(&seq).is_ok() {
-                                log.duplicates += 1;
-                            } else {
-                                log.out_of_order += 1;
-                            }
                             continue;
                         }
                         last = seq;
-                        log.seqs.push(seq);
                         log.receipts.push((seq, at, joined_at.unwrap_or(at)));
                         shared.delivered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -365,7 +333,7 @@ async fn client(shared: Arc<Shared>, c: u32, args: Args) -> ClientLog {
 async fn writes(
     shared: Arc<Shared>,
     url: &str,
-    args: &Args,
+    args: &SoakArgs,
     stop: CancellationToken,
 ) -> Result<(u64, u64)> {
     const WRITERS: usize = 4;
@@ -440,8 +408,8 @@ async fn kills(shared: &Shared, url: &str, every: u64, stop: CancellationToken) 
         let row = client
             .query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE application_name = 'threadcast-broadcaster'",
-                &[],
+                 WHERE application_name = $1",
+                &[&threadcast_payload::APPLICATION_NAME],
             )
             .await;
         match row {
@@ -462,7 +430,7 @@ async fn kills(shared: &Shared, url: &str, every: u64, stop: CancellationToken) 
 
 #[allow(clippy::too_many_arguments)]
 fn check(
-    args: &Args,
+    args: &SoakArgs,
     shared: &Shared,
     expected: &[Expected],
     logs: Vec<ClientLog>,
@@ -487,22 +455,27 @@ fn check(
     let mut latencies = Vec::new();
     for log in &logs {
         let want = &expected[log.thread as usize];
-        let got: HashSet<i64> = log.seqs.iter().copied().collect();
-        let missing = want.seqs.iter().filter(|s| !got.contains(s)).count() as u64;
-        if missing > 0 {
+        let audit = audit_seqs(&log.received, want.seqs.iter().copied());
+        if !audit.lost.is_empty() {
             clients_with_loss += 1;
             if clients_with_loss <= 5 {
-                let mut m: Vec<_> = want.seqs.iter().filter(|s| !got.contains(s)).collect();
-                m.sort();
-                eprintln!("soak: a client of thread {} lacks seqs {m:?}", log.thread);
+                eprintln!(
+                    "soak: a client of thread {} lacks seqs {:?}",
+                    log.thread, audit.lost
+                );
             }
         }
-        lost += missing;
+        lost += audit.lost.len() as u64;
         // Outside 1..=max, a seq was never handed out for this thread.
-        unexpected += log.seqs.iter().filter(|&&s| s < 1 || s > want.max).count() as u64;
-        delivered += log.seqs.len() as u64;
-        duplicated += log.duplicates;
-        out_of_order += log.out_of_order;
+        unexpected += log
+            .received
+            .iter()
+            .filter(|&&s| s < 1 || s > want.max)
+            .count() as u64;
+        delivered +=
+            (log.received.len() - audit.duplicated.len() - audit.out_of_order.len()) as u64;
+        duplicated += audit.duplicated.len() as u64;
+        out_of_order += audit.out_of_order.len() as u64;
         foreign += log.foreign;
         connects += log.connects;
         refused += log.refused;

@@ -2,13 +2,16 @@
 //! of streams in one process: a connection is its socket and a few words of parser state; bytes
 //! are read into the caller's buffer.
 //!
-//! It speaks exactly what the broadcaster sends (a chunked `text/event-stream` body with `\n` line
-//! ends) and reads only the fields the load generator needs: `retry:`, comments, and each event's
-//! `id:`, `event:` and whether its data names the expected thread.
+//! It speaks exactly what the broadcaster sends (a chunked `text/event-stream` body), parses the
+//! events with the harness's SSE parser (the tests' too), and keeps only what the load generator
+//! needs: `retry:`, comments, and each event's `id:`, `event:` and whether its data names the
+//! expected thread.
 
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
+use threadcast_harness::sse::{SseItem, SseParser};
+use threadcast_payload::ChangeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use uuid::Uuid;
@@ -189,18 +192,14 @@ enum Chunk {
     End,
 }
 
-/// Undoes the chunked encoding and parses the SSE lines inside.
+/// Undoes the chunked encoding and parses the SSE inside with the harness's parser.
 struct Parser {
     chunk: Chunk,
     /// Bytes read with the head that belong to the body.
     pending: Vec<u8>,
-    /// The current SSE line, when it spans reads.
-    line: Vec<u8>,
-    id: Option<i64>,
-    kind: Kind,
-    own_thread: bool,
+    sse: SseParser,
     /// `"feedback_id":"<thread>"`, which a reply of this thread carries.
-    marker: Box<[u8]>,
+    marker: Box<str>,
     ended: bool,
 }
 
@@ -212,11 +211,8 @@ impl Parser {
                 ext: false,
             },
             pending: Vec::new(),
-            line: Vec::new(),
-            id: None,
-            kind: Kind::Other,
-            own_thread: false,
-            marker: format!("\"feedback_id\":\"{thread}\"").into_bytes().into(),
+            sse: SseParser::default(),
+            marker: format!("\"feedback_id\":\"{thread}\"").into(),
             ended: false,
         }
     }
@@ -278,47 +274,27 @@ impl Parser {
         Ok(())
     }
 
-    fn sse(&mut self, mut data: &[u8], items: &mut Vec<Item>) {
-        while let Some(end) = data.iter().position(|b| *b == b'\n') {
-            if self.line.is_empty() {
-                self.on_line(&data[..end], items);
-            } else {
-                let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(&data[..end]);
-                self.on_line(&line, items);
-                line.clear();
-                self.line = line;
-            }
-            data = &data[end + 1..];
-        }
-        self.line.extend_from_slice(data);
-    }
-
-    fn on_line(&mut self, line: &[u8], items: &mut Vec<Item>) {
-        if line.is_empty() {
-            if let Some(seq) = self.id.take() {
-                items.push(Item::Event {
-                    seq,
-                    kind: self.kind,
-                    own_thread: self.kind != Kind::Reply || self.own_thread,
-                });
-            }
-            self.kind = Kind::Other;
-            self.own_thread = false;
-        } else if line[0] == b':' {
-            items.push(Item::Comment);
-        } else if let Some(id) = line.strip_prefix(b"id: ") {
-            self.id = std::str::from_utf8(id).ok().and_then(|s| s.parse().ok());
-        } else if let Some(kind) = line.strip_prefix(b"event: ") {
-            self.kind = match kind {
-                b"reply" => Kind::Reply,
-                b"delete" => Kind::Delete,
-                _ => Kind::Other,
-            };
-        } else if let Some(data) = line.strip_prefix(b"data: ") {
-            self.own_thread = find(data, &self.marker).is_some();
-        } else if line.starts_with(b"retry:") {
-            items.push(Item::Retry);
+    fn sse(&mut self, data: &[u8], items: &mut Vec<Item>) {
+        for item in self.sse.feed(data) {
+            items.push(match item {
+                SseItem::Retry(_) => Item::Retry,
+                SseItem::Comment(_) => Item::Comment,
+                SseItem::Event(event) => {
+                    let kind = match ChangeKind::parse(&event.event) {
+                        Some(ChangeKind::Reply) => Kind::Reply,
+                        Some(ChangeKind::Delete) => Kind::Delete,
+                        Some(ChangeKind::Reset) | None => Kind::Other,
+                    };
+                    let Some(seq) = event.id.as_deref().and_then(|id| id.parse().ok()) else {
+                        continue;
+                    };
+                    Item::Event {
+                        seq,
+                        kind,
+                        own_thread: kind != Kind::Reply || event.data.contains(&*self.marker),
+                    }
+                }
+            });
         }
     }
 }

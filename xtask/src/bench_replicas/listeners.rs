@@ -19,7 +19,7 @@ pub fn run(stack: &Stack, args: &Args) -> Result<String> {
         .collect();
     let threads = 1000;
     create_threads(stack, LISTENER_THREADS, threads)?;
-    let postmaster: u32 = std::fs::read_to_string(stack.cluster.dir.join("data/postmaster.pid"))
+    let postmaster: u32 = std::fs::read_to_string(stack.cluster.dir().join("data/postmaster.pid"))
         .context("read postmaster.pid")?
         .lines()
         .next()

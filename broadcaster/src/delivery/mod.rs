@@ -1,0 +1,199 @@
+//! Exactly-once delivery: every committed change of a thread reaches each of its open streams
+//! once, in seq order, whatever is lost on the way (notifications during an outage, rows too
+//! large for NOTIFY) and whenever the stream joined.
+//!
+//! The path is `listener → delivery → stream`: the listener hands each notification to
+//! [`Delivery::notify`]; [`trust`] decides what it is trusted for; the [`registry`] routes it to
+//! its thread's task ([`thread`]), which forwards it, or repairs from the [`Store`] what it cannot
+//! carry, into each subscriber's bounded queue ([`queue`]); a stream's [`Feed`] does the
+//! subscribe/catch-up hand-over ([`handover`]) and yields the events to write. Seq bookkeeping and
+//! table paging are [`cursor`]'s.
+//!
+//! Module graph (no cycles): `mod → {registry, thread, trust, handover, subscription}`,
+//! `thread → {registry, cursor, trust, msg, queue}`, `handover → {cursor, subscription}`,
+//! `subscription → {registry, msg, queue}`, `registry → {msg, queue}`.
+
+mod cursor;
+mod handover;
+mod msg;
+pub(crate) mod queue;
+mod registry;
+mod subscription;
+mod thread;
+mod trust;
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use threadcast_payload::PayloadError;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use handover::{Feed, Start, Step};
+pub use subscription::Subscription;
+
+pub(crate) use thread::backoff;
+
+use crate::metrics::Metrics;
+use crate::source::Source;
+use crate::store::{Store, StoreError, PAGE_ROWS};
+use msg::ThreadMsg;
+use registry::Registry;
+use thread::ThreadContext;
+use trust::{Trust, Verdict};
+
+/// How delivery is tuned.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Events one subscriber may have queued before it is disconnected as too slow.
+    pub subscriber_buffer: usize,
+    /// The longest wait between two attempts to read the table.
+    pub max_backoff: Duration,
+    /// Rows per table read.
+    pub page_rows: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            subscriber_buffer: 256,
+            max_backoff: Duration::from_secs(5),
+            page_rows: PAGE_ROWS,
+        }
+    }
+}
+
+/// The delivery core of one served source. Cheap to clone.
+#[derive(Clone)]
+pub struct Delivery {
+    ctx: Arc<ThreadContext>,
+    trust: Arc<Trust>,
+    next_id: Arc<AtomicU64>,
+    /// Reads of the keys prompted by unknown key ids: at most one a second, so that forged ids
+    /// cannot turn into a query storm.
+    key_reads: Arc<DefaultDirectRateLimiter>,
+}
+
+impl Delivery {
+    /// Delivery of `source`'s changes, reading the table through `store`. Thread tasks run on
+    /// `tasks` and stop on `shutdown`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        source: &Source,
+        settings: Settings,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Delivery {
+            ctx: Arc::new(ThreadContext {
+                store,
+                registry: Arc::new(Registry::default()),
+                metrics,
+                subscriber_buffer: settings.subscriber_buffer.max(1),
+                page_rows: settings.page_rows.max(1),
+                max_backoff: settings.max_backoff,
+                shutdown,
+                tasks,
+            }),
+            trust: Arc::new(Trust::new(source)),
+            next_id: Arc::new(AtomicU64::new(1)),
+            key_reads: Arc::new(RateLimiter::direct(Quota::per_second(NonZeroU32::MIN))),
+        }
+    }
+
+    /// Subscribes to `thread` (the thread key's text form). The subscriber is registered at once;
+    /// [`Subscription::joined`] tells from which seq on it receives every change.
+    pub fn subscribe(&self, thread: &str) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events) = queue::queue(Some(self.ctx.subscriber_buffer));
+        let (joined_tx, joined) = oneshot::channel();
+        let ctx = &self.ctx;
+        let key = ctx.registry.send_or_spawn(
+            thread,
+            !ctx.shutdown.is_cancelled(),
+            |key| thread::spawn(ctx.clone(), key),
+            ThreadMsg::Subscribe {
+                id,
+                events: events_tx,
+                joined: joined_tx,
+            },
+        );
+        Subscription {
+            registry: ctx.registry.clone(),
+            thread: key,
+            id,
+            events,
+            joined: Some(joined),
+        }
+    }
+
+    /// A stream's feed of `thread`, starting at `start`: subscribes now.
+    pub fn feed(&self, thread: &str, start: Start) -> Feed {
+        Feed::new(
+            self.ctx.store.clone(),
+            self.subscribe(thread),
+            start,
+            self.ctx.page_rows,
+        )
+    }
+
+    /// Takes one notification as the LISTEN connection received it. One signed with a key not
+    /// known yet (a rotation) makes it read the keys again, at most once a second, and try again.
+    pub async fn notify(&self, channel: &str, payload: &str) {
+        let mut verdict = self.trust.admit(channel, payload);
+        if let Verdict::Reject(PayloadError::UnknownKey(_)) = verdict {
+            if self.key_reads.check().is_ok() && self.refresh_keys().await.is_ok() {
+                verdict = self.trust.admit(channel, payload);
+            }
+        }
+        match verdict {
+            Verdict::Admit(thread, notice) => {
+                self.ctx.registry.send(&thread, ThreadMsg::Notice(notice))
+            }
+            Verdict::Ignore => {}
+            Verdict::Reject(error) => {
+                self.ctx.metrics.notifications_rejected.inc();
+                self.trust.warn_rejected(&error);
+                // Signed by a key that could not be read just now (the database unreachable,
+                // or key reads spent on forged ids): the change may be genuine. Its thread, if
+                // it has subscribers, reads the table instead, which takes nothing from the
+                // notification; so a rotation never costs a live change.
+                if let PayloadError::UnknownKey(_) = error {
+                    if let Some(thread) = self.trust.unverified_thread(channel, payload) {
+                        self.ctx.registry.send(&thread, ThreadMsg::Resync);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the signing keys from the store (each time the LISTEN connection is established,
+    /// and when a notification names a key not known yet).
+    pub async fn refresh_keys(&self) -> Result<(), StoreError> {
+        let keys = self.ctx.store.keys().await?;
+        if keys.is_empty() {
+            tracing::warn!("threadcast.keys holds no key: no notification can be trusted");
+        }
+        self.trust.set_keys(keys);
+        Ok(())
+    }
+
+    /// Asks every thread task to read what committed while notifications may have been missed
+    /// (each time the LISTEN connection is (re-)established).
+    pub fn resync_all(&self) {
+        self.ctx.registry.send_all(|| ThreadMsg::Resync);
+    }
+
+    /// The number of threads that have a task (threads with subscribers).
+    pub fn thread_count(&self) -> usize {
+        self.ctx.registry.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

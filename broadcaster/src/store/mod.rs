@@ -1,0 +1,157 @@
+//! The database boundary: [`Store`], everything the broadcaster asks of the served table, with a
+//! PostgreSQL implementation ([`PgStore`]) and an in-memory one ([`MemStore`]) that lets the
+//! whole HTTP API and the delivery core run in a test without a database.
+
+mod mem;
+mod pg;
+
+use std::error::Error;
+
+use futures::future::BoxFuture;
+use threadcast_payload::{ChangeKind, KeyRing};
+use uuid::Uuid;
+
+use crate::auth::Role;
+use crate::sse::Event;
+
+pub use mem::MemStore;
+pub use pg::PgStore;
+
+/// Rows asked for per [`Store::changes`] call; callers page on by the last seq they got.
+pub const PAGE_ROWS: i32 = 1000;
+
+/// A boxed error from whichever driver a store uses.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// One change of a thread as the table tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub seq: i64,
+    pub body: ChangeBody,
+}
+
+/// What a change says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeBody {
+    /// The row as it is now (`row_to_json`).
+    Reply { row: String },
+    /// A delete, with the deleted row's key.
+    Delete { id: String },
+    /// The table was truncated: every earlier change of the thread is gone.
+    Reset,
+}
+
+impl Change {
+    /// Its kind, as `threadcast.changes` and the SSE event name spell it.
+    pub fn kind(&self) -> ChangeKind {
+        match self.body {
+            ChangeBody::Reply { .. } => ChangeKind::Reply,
+            ChangeBody::Delete { .. } => ChangeKind::Delete,
+            ChangeBody::Reset => ChangeKind::Reset,
+        }
+    }
+
+    /// The SSE event that tells a client of this change.
+    pub fn event(&self) -> Event {
+        match &self.body {
+            ChangeBody::Reply { row } => Event::reply(self.seq, row),
+            ChangeBody::Delete { id } => Event::delete(self.seq, id),
+            ChangeBody::Reset => Event::reset(self.seq),
+        }
+    }
+}
+
+/// A read that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had (the database is down or restarting).
+    #[error("the database is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// A statement failed.
+    #[error("a query failed")]
+    Query(#[source] BoxError),
+}
+
+/// A reply to store, validated (`POST /api/widget/replies`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewReply {
+    /// The client's `client_id`, which becomes the row's id: a repeat is recognised by it.
+    pub id: Uuid,
+    pub thread: Uuid,
+    pub role: Role,
+    pub author_name: String,
+    pub content: String,
+}
+
+/// A stored reply, as JSON (`row_to_json`: the same shape the stream sends).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Inserted now.
+    Created(String),
+    /// Stored by an earlier request with the same id.
+    Existing(String),
+}
+
+/// Why a reply was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    /// The reply's thread does not exist.
+    #[error("the token's thread does not exist")]
+    NoThread,
+    /// The id is already another reply's.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// The table's constraints refused the reply.
+    #[error("the reply does not fit the table's constraints")]
+    Rejected,
+    /// The database is unreachable; the client may retry.
+    #[error("the database is unavailable")]
+    Unavailable,
+    /// Anything else: a bug, a missing privilege. Logged, never shown.
+    #[error("storing the reply failed")]
+    Internal(#[source] BoxError),
+}
+
+/// The thread the demo page shows first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DemoThread {
+    pub id: String,
+    pub title: Option<String>,
+}
+
+/// Everything the broadcaster asks of the served table. Futures are boxed: they are awaited by
+/// long-lived tasks and streams, which would otherwise keep room for a query's state all along.
+pub trait Store: Send + Sync + 'static {
+    /// The last seq handed out in `thread` (0 before its first change).
+    fn current_seq<'a>(&'a self, thread: &'a str) -> BoxFuture<'a, Result<i64, StoreError>>;
+
+    /// At most `limit` changes with `after < seq <= until` (no upper bound when None), in seq
+    /// order: replies in their current state, deletes as tombstones.
+    fn changes<'a>(
+        &'a self,
+        thread: &'a str,
+        after: i64,
+        until: Option<i64>,
+        limit: i32,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>>;
+
+    /// The last `n` replies of the thread, oldest first.
+    fn latest<'a>(
+        &'a self,
+        thread: &'a str,
+        n: i32,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>>;
+
+    /// Inserts `reply` with its id; a repeat of the same reply answers the stored row.
+    fn insert_reply<'a>(
+        &'a self,
+        reply: &'a NewReply,
+    ) -> BoxFuture<'a, Result<Stored, InsertError>>;
+
+    /// The first feedback thread, for the demo page.
+    fn demo_thread(&self) -> BoxFuture<'_, Result<Option<DemoThread>, StoreError>>;
+
+    /// The keys that sign notifications (`threadcast.keys`, readable by a role that
+    /// `threadcast.grant_listen()` named).
+    fn keys(&self) -> BoxFuture<'_, Result<KeyRing, StoreError>>;
+}

@@ -1,0 +1,12 @@
+//! What the black-box tests (`threadcast-tests`), `cargo xtask` and the load generator share, so
+//! that each exists once: [`Cluster`], a throwaway PostgreSQL 15 cluster; [`sse`], the parser of
+//! the Server-Sent Events wire format; [`audit`], the exactly-once audit of what a client
+//! received against what the table committed; and [`SoakArgs`], the soak's flags.
+
+pub mod audit;
+pub mod cluster;
+pub mod soak;
+pub mod sse;
+
+pub use cluster::{Cluster, ClusterError};
+pub use soak::SoakArgs;
