@@ -274,7 +274,7 @@ async fn nginx_passes_the_real_client_address_and_scheme_and_keeps_metrics_priva
     let ca = TestCa::new(certs.path(), "capture");
     let cert = ca.server_cert("nginx", &["localhost"]);
     let upstream = Capture::start().await;
-    let nginx = Nginx::start(&[upstream.addr], &cert).await;
+    let nginx = Nginx::start(&[upstream.addr], &cert);
 
     // A client that forges the forwarding headers, as anyone can.
     let response = threadcast_tests::https::request(

@@ -53,7 +53,7 @@ impl Proxied {
             started.push(Replica { server, relay });
         }
         let addrs: Vec<SocketAddr> = started.iter().map(Replica::addr).collect();
-        let nginx = Nginx::start(&addrs, &cert).await;
+        let nginx = Nginx::start(&addrs, &cert);
         Proxied {
             nginx,
             replicas: started,

@@ -45,10 +45,10 @@ pub fn run(args: Args) -> Result<()> {
     let token = stack.token(THREAD)?;
     let rt = tokio::runtime::Runtime::new()?;
     let samples = rt.block_on(async {
-        let certs = threadcast_tests::scratch::ScratchDir::new("threadcast-bench-proxy");
-        let ca = threadcast_tests::pki::TestCa::new(certs.path(), "bench");
+        let certs = threadcast_harness::scratch::ScratchDir::new("threadcast-bench-proxy");
+        let ca = threadcast_harness::pki::TestCa::new(certs.path(), "bench");
         let cert = ca.server_cert("nginx", &["localhost"]);
-        let nginx = threadcast_tests::nginx::Nginx::start(&[broadcaster.addr], &cert).await;
+        let nginx = threadcast_harness::nginx::Nginx::start(&[broadcaster.addr], &cert);
         let request = format!(
             "GET /api/widget/stream?feedbackId={THREAD}&token={token} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
         );

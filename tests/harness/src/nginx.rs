@@ -13,7 +13,7 @@ use crate::scratch::ScratchDir;
 /// The shipped configuration, relative to the workspace.
 pub const SITE_CONFIG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../deploy/nginx/threadcast.conf"
+    "/../../deploy/nginx/threadcast.conf"
 );
 
 fn nginx_binary() -> String {
@@ -30,7 +30,7 @@ pub struct Nginx {
 
 impl Nginx {
     /// Starts nginx with the shipped site in front of `replicas`, serving `cert` on a free port.
-    pub async fn start(replicas: &[SocketAddr], cert: &CertFiles) -> Nginx {
+    pub fn start(replicas: &[SocketAddr], cert: &CertFiles) -> Nginx {
         let dir = ScratchDir::new("threadcast-nginx");
         let port = free_port();
         let site = site_config(
@@ -70,17 +70,14 @@ impl Nginx {
             .spawn()
             .expect("start nginx");
         let nginx = Nginx { port, dir, child };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
-                tokio::time::Instant::now() < deadline,
+                std::time::Instant::now() < deadline,
                 "nginx did not listen on {port} within 20 s; its error log:\n{}",
                 nginx.error_log()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_millis(20));
         }
         nginx
     }
