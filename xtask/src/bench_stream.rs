@@ -41,6 +41,12 @@ pub struct Args {
     /// load comes and goes; alternating spreads it over both).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Run the multi-replica cases (capacity over several replicas, failover, the primary's
+    /// cost per listening replica) instead of the single-replica ones.
+    #[arg(long)]
+    multi_replica: bool,
+    #[command(flatten)]
+    multi: crate::bench_replicas::Args,
 }
 
 /// The targets of issue 3, on a 2-core machine.
@@ -57,6 +63,10 @@ pub fn run(args: Args) -> Result<()> {
         !args.no_install,
     )?;
     let machine = stack::machine();
+    if args.multi_replica {
+        println!("\n{machine}\n");
+        return crate::bench_replicas::run(&stack, &args.multi);
+    }
 
     let mut bins = Vec::new();
     if let Some(before) = &args.before {
@@ -260,7 +270,8 @@ fn ms(us: &Value) -> String {
     format!("{:.2} ms", us.as_u64().unwrap_or(0) as f64 / 1000.0)
 }
 
-fn thousands(n: u64) -> String {
+/// `n` with a comma every three digits, as the tables print numbers.
+pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
