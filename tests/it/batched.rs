@@ -13,8 +13,8 @@ use threadcast_broadcaster::Config;
 use threadcast_payload::{DeliveryMode, Payload, Resync, ResyncReason};
 use threadcast_tests::db::Heard;
 use threadcast_tests::{
-    assert_every_subscriber_got_exactly_once, eventually, in_both_modes, Cluster, Subscriber, TestDb,
-    TestServer, Writer,
+    assert_every_subscriber_got_exactly_once, eventually, in_both_modes, Cluster, Subscriber,
+    TestDb, TestServer, Writer,
 };
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;

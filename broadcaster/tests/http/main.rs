@@ -4,7 +4,9 @@
 //! is the `threadcast-tests` crate's.)
 
 mod cors;
+mod demo;
 mod ops;
+mod replies;
 mod stream_auth;
 mod support;
 mod wire;

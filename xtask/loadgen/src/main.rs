@@ -5,6 +5,7 @@
 
 mod bench;
 mod fleet;
+mod hold;
 mod procfs;
 mod soak;
 mod sse_client;
@@ -81,6 +82,8 @@ enum Phase {
     },
     /// Streams, writers, disconnects and LISTEN kills for a while; then exactly-once checks.
     Soak(threadcast_harness::SoakArgs),
+    /// Holds streams over several replicas until told to report (multi-replica benchmark).
+    Hold(hold::Args),
 }
 
 #[tokio::main]
@@ -138,6 +141,7 @@ async fn main() -> Result<()> {
             .await?
         }
         Phase::Soak(args) => soak::run(target, db, cli.pid, args).await?,
+        Phase::Hold(args) => hold::run(target, db, args).await?,
     };
     println!("{result}");
     Ok(())
