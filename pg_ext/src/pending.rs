@@ -1,22 +1,31 @@
 //! A backend's changes waiting for its transaction to commit, under batched delivery: the
 //! transaction's signed notifications, kept here instead of NOTIFY's queue, and handed to the
-//! database's ring (`ring.rs`) by the COMMIT callback.
+//! database's ring (`ring.rs`) as the transaction commits.
 //!
-//! The callbacks mirror what NOTIFY does with its own pending notifications: a commit publishes
-//! them, an abort forgets them, a rolled-back savepoint forgets those made since it, and
-//! `PREPARE TRANSACTION` is refused. The COMMIT callback runs after the commit is durable and
-//! visible, and before the transaction's locks are released: a second writer of the same thread
-//! still waits for the counter row, so the ring receives each thread's changes in seq order. An
-//! error there would be a PANIC ("cannot abort transaction, it was already committed"), so it
-//! allocates nothing (the buffer was sized by the trigger), takes no RefCell it could find
-//! borrowed, and cannot panic.
+//! The callbacks mirror what NOTIFY does with its own pending notifications, and for the same
+//! reason hand them over at **PRE_COMMIT**, tagged with the transaction's id, rather than once
+//! the commit is visible: a writer of the same thread that arrives after this transaction left
+//! the proc array (and before its COMMIT callback ran) does not wait for its counter row at all
+//! (the row's updater no longer counts as in progress), so it could append its higher number
+//! first. Appended before the commit record, each thread's changes enter the ring in seq order;
+//! the batch worker announces a transaction's record only once `TransactionIdDidCommit` says it
+//! committed, waits while it is in progress, and skips it if it aborted, as NOTIFY's readers do
+//! with its queue. A rolled-back savepoint forgets what it kept, an abort everything, and
+//! `PREPARE TRANSACTION` is refused.
+//!
+//! The COMMIT and ABORT callbacks then only settle what PRE_COMMIT left: wake the worker, count
+//! an overflow and ask for a resync (only now, once the dropped changes are visible to the
+//! table reads a resync makes), or count a transaction that found no ring. An error there would
+//! be a PANIC ("cannot abort transaction, it was already committed"): they allocate nothing,
+//! take no RefCell they could find borrowed, and cannot panic or wait. PRE_COMMIT, where an
+//! error merely aborts, does not wait either: a full ring drops the changes.
 
 use std::cell::RefCell;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::ring::{self, entry, Appended};
+use crate::ring::{self, entry, Appended, Slot};
 
 /// The buffer keeps up to this much room between transactions; a big transaction's excess is
 /// given back at the next one's first change (never in a callback).
@@ -31,6 +40,21 @@ struct Pending {
     /// More than a ring holds: dropped at once, to be counted (and resynced) at commit.
     overflowed: bool,
     dropped: u64,
+    /// What PRE_COMMIT did, for the COMMIT or ABORT callback to settle.
+    handed: Handed,
+}
+
+/// What PRE_COMMIT did with a transaction's changes.
+#[derive(Default, Clone, Copy)]
+enum Handed {
+    #[default]
+    Nothing,
+    /// Appended to this ring: its worker is woken once the transaction ends.
+    Appended(&'static Slot),
+    /// Dropped for want of room: counted, and a resync asked for, once the transaction committed.
+    Overflowed(&'static Slot, u64),
+    /// Every ring served other databases.
+    Unslotted,
 }
 
 impl Pending {
@@ -38,7 +62,7 @@ impl Pending {
         self.marks.is_empty() && !self.overflowed
     }
 
-    /// Forgets everything; keeps the memory (this runs in callbacks).
+    /// Forgets the kept changes; keeps the memory (this runs in callbacks).
     fn clear(&mut self) {
         self.bytes.clear();
         self.marks.clear();
@@ -67,7 +91,7 @@ pub fn keep(channel: &str, payload: &str) -> bool {
     };
     // SAFETY: MyDatabaseId is set in every backend that runs a trigger.
     let database = unsafe { pg_sys::MyDatabaseId };
-    // Taking the ring now, in the trigger, means the commit callback normally finds it.
+    // Taking the ring now, in the trigger, means PRE_COMMIT normally finds it.
     if ring::claim(database).is_none() {
         warn_no_ring();
         return false;
@@ -121,8 +145,9 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_PREPARE => refuse_prepare(),
-        XACT_EVENT_COMMIT => publish(),
-        XACT_EVENT_ABORT | XACT_EVENT_PREPARE => forget(),
+        XACT_EVENT_PRE_COMMIT => hand_over(),
+        XACT_EVENT_COMMIT => settle(true),
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE => settle(false),
         _ => {}
     }
 }
@@ -163,17 +188,9 @@ fn refuse_prepare() {
     }
 }
 
-fn forget() {
-    let _ = PENDING.try_with(|p| {
-        if let Ok(mut p) = p.try_borrow_mut() {
-            p.clear();
-        }
-    });
-}
-
-/// The COMMIT callback: hands the transaction's changes to the ring. No allocation, no error,
-/// no panic, no waiting for room.
-fn publish() {
+/// PRE_COMMIT: appends the transaction's changes to its database's ring, as one record tagged
+/// with its transaction id. Allocates nothing and never waits for room.
+fn hand_over() {
     if IS_WORKER.try_with(|w| w.get()).unwrap_or(true) {
         return;
     }
@@ -184,28 +201,48 @@ fn publish() {
         if p.is_empty() {
             return;
         }
-        // SAFETY: MyDatabaseId is set in every backend that commits.
-        let database = unsafe { pg_sys::MyDatabaseId };
+        // SAFETY: MyDatabaseId is set in every backend that commits; a transaction that changed
+        // a table has its id already (GetTopTransactionId only reads it then).
+        let (database, xid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::GetTopTransactionId()) };
         let events = p.marks.len() as u64;
         // A ring given up by its idle worker between the lookup and the lock is taken again,
-        // once; a second miss (every ring taken meanwhile) is counted, and the broadcaster's
-        // anti-entropy sweep reads the changes.
-        let mut appended = Appended::Moved;
+        // once; a second miss (every ring taken meanwhile) is counted at commit, and the
+        // broadcaster's anti-entropy sweep reads the changes.
+        let mut handed = Handed::Unslotted;
         for _ in 0..2 {
-            appended = match ring::claim(database) {
-                None => break,
-                Some(slot) if p.overflowed => {
-                    slot.overflow(events + p.dropped);
-                    Appended::Overflow
-                }
-                Some(slot) => slot.append(database, &p.bytes, events),
+            let Some(slot) = ring::claim(database) else {
+                break;
             };
-            if appended != Appended::Moved {
+            if p.overflowed {
+                handed = Handed::Overflowed(slot, events + p.dropped);
                 break;
             }
+            match slot.append(database, xid, &p.bytes, events) {
+                Appended::Done => handed = Handed::Appended(slot),
+                Appended::Overflow => handed = Handed::Overflowed(slot, events),
+                Appended::Moved => continue,
+            }
+            break;
         }
-        if appended == Appended::Moved {
-            ring::count_unslotted();
+        p.handed = handed;
+        p.clear();
+    });
+}
+
+/// COMMIT (`committed`) or ABORT: settles what PRE_COMMIT did, and forgets the transaction. No
+/// allocation, no error, no panic, no wait.
+fn settle(committed: bool) {
+    let _ = PENDING.try_with(|p| {
+        let Ok(mut p) = p.try_borrow_mut() else {
+            return;
+        };
+        match std::mem::take(&mut p.handed) {
+            Handed::Nothing => {}
+            // Committed or aborted, the worker may be waiting on the record's outcome.
+            Handed::Appended(slot) => slot.wake_worker(),
+            Handed::Overflowed(slot, events) if committed => slot.overflow(events),
+            Handed::Unslotted if committed => ring::count_unslotted(),
+            Handed::Overflowed(..) | Handed::Unslotted => {}
         }
         p.clear();
     });

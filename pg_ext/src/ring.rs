@@ -1,14 +1,14 @@
 //! The shared memory of batched delivery: one ring of committed, signed changes per database that
 //! uses it, each drained by a background worker of its own (`worker.rs`).
 //!
-//! A committing backend appends its transaction's changes to its database's ring in the
-//! transaction's COMMIT callback (`pending.rs`), where nothing may fail: so appending takes no
-//! allocation, no `ereport` and no panic: a lookup over atomics, an LWLock, a copy, and a latch
-//! set on the 0 → 1 transition of a wake flag (as `pg_net`'s worker is woken). A ring without
-//! room drops the transaction's changes, counts them and asks its worker to send a resync; it
-//! never waits. Only the worker consumes, so it reads without the lock; the lock orders the
-//! appenders, and it is taken while the transaction still holds its row locks, so a thread's
-//! changes enter the ring in seq order.
+//! A committing backend appends its transaction's changes to its database's ring as one record
+//! tagged with its transaction id, at PRE_COMMIT (`pending.rs` says why not later), and its
+//! COMMIT callback wakes the worker. Neither allocates, raises or waits: a lookup over atomics,
+//! an LWLock, a copy, and a latch set on the 0 → 1 transition of a wake flag (as `pg_net`'s
+//! worker is woken). A ring without room drops the transaction's changes; the commit counts them
+//! and asks the worker for a resync. Only the worker consumes, so it reads without the lock; the
+//! lock orders the appenders, before their commits become visible, so a thread's changes enter
+//! the ring in seq order. The worker announces a record once its transaction committed.
 //!
 //! The rings live in memory requested in `shmem_request_hook` (through `pg_shmem_init!`): their
 //! size is the `threadcast.ring_size` setting, read when the server starts. There are
@@ -97,6 +97,9 @@ pub struct Slot {
     wake: AtomicU32,
     /// Changes were dropped: the worker must send a resync.
     resync: AtomicBool,
+    /// A worker has served the current assignment already: one that starts now is a restart,
+    /// and announces a resync.
+    served: AtomicBool,
     /// The worker's latch (`*mut Latch`), its pid and its last sign of life (a TimestampTz).
     latch: AtomicUsize,
     worker_pid: AtomicI32,
@@ -250,7 +253,7 @@ pub fn find(database: pg_sys::Oid) -> Option<&'static Slot> {
         .find(|s| s.database.load(Acquire) == db)
 }
 
-/// The slot of `database`, taking a free one if it has none. Safe in a commit callback: atomics
+/// The slot of `database`, taking a free one if it has none. Safe in a transaction callback: atomics
 /// and one LWLock, no allocation, no error.
 pub fn claim(database: pg_sys::Oid) -> Option<&'static Slot> {
     if let Some(slot) = find(database) {
@@ -262,6 +265,7 @@ pub fn claim(database: pg_sys::Oid) -> Option<&'static Slot> {
         return Some(slot);
     }
     let (_, slot) = slots().find(|(_, s)| s.database.load(Acquire) == 0)?;
+    slot.served.store(false, SeqCst);
     slot.database.store(u32::from(database), Release);
     slot.wake_worker();
     Some(slot)
@@ -329,42 +333,43 @@ impl Slot {
         (db != 0).then(|| pg_sys::Oid::from(db))
     }
 
-    /// Appends one committed transaction's entries, `events` changes in all. Commit-callback
-    /// safe: no allocation, no error, never waits for room.
-    pub fn append(&self, database: pg_sys::Oid, bytes: &[u8], events: u64) -> Appended {
+    /// Appends one transaction's entries as a record tagged with `xid`, `events` changes in all.
+    /// Callback safe: no allocation, no error, never waits for room (then: `Overflow`, and the
+    /// caller counts it once the transaction committed).
+    pub fn append(
+        &self,
+        database: pg_sys::Oid,
+        xid: pg_sys::TransactionId,
+        bytes: &[u8],
+        events: u64,
+    ) -> Appended {
         let (data, capacity) = self.data();
-        let appended = {
-            let _lock = Locked::exclusive(self.lock);
-            if self.database.load(Acquire) != u32::from(database) {
-                return Appended::Moved;
-            }
-            let head = self.head.load(Relaxed);
-            let tail = self.tail.load(Acquire);
-            let used = head - tail;
-            if used + bytes.len() as u64 > capacity {
-                false
-            } else {
-                // SAFETY: [head, head + len) is free space of the ring (the worker only reads
-                // [tail, head)), wrapped at its end.
-                unsafe { copy_in(data, capacity, head, bytes) };
-                self.head.store(head + bytes.len() as u64, Release);
-                self.high_water
-                    .fetch_max(used + bytes.len() as u64, Relaxed);
-                true
-            }
-        };
-        if appended {
-            self.transactions.fetch_add(1, Relaxed);
-            self.events.fetch_add(events, Relaxed);
-            self.wake_worker();
-            Appended::Done
-        } else {
-            self.overflow(events);
-            Appended::Overflow
+        let header = record::header(xid, events, bytes.len());
+        let size = (header.len() + bytes.len()) as u64;
+        let _lock = Locked::exclusive(self.lock);
+        if self.database.load(Acquire) != u32::from(database) {
+            return Appended::Moved;
         }
+        let head = self.head.load(Relaxed);
+        let used = head - self.tail.load(Acquire);
+        if used + size > capacity {
+            return Appended::Overflow;
+        }
+        // SAFETY: [head, head + size) is free space of the ring (the worker only reads
+        // [tail, head)), wrapped at its end.
+        unsafe {
+            copy_in(data, capacity, head, &header);
+            copy_in(data, capacity, head + header.len() as u64, bytes);
+        }
+        self.head.store(head + size, Release);
+        self.high_water.fetch_max(used + size, Relaxed);
+        self.transactions.fetch_add(1, Relaxed);
+        self.events.fetch_add(events, Relaxed);
+        Appended::Done
     }
 
-    /// Counts a transaction whose changes were dropped, and has the worker send a resync.
+    /// Counts a committed transaction whose changes were dropped, and has the worker send a
+    /// resync (the changes are visible now, so the readers it prompts will see them).
     pub fn overflow(&self, events: u64) {
         self.overflows.fetch_add(1, Relaxed);
         self.dropped.fetch_add(events, Relaxed);
@@ -374,7 +379,7 @@ impl Slot {
     }
 
     /// Sets the worker's latch, unless an earlier appender already did since it last looked.
-    fn wake_worker(&self) {
+    pub fn wake_worker(&self) {
         if self.wake.compare_exchange(0, 1, SeqCst, SeqCst).is_ok() {
             let latch = self.latch.load(SeqCst) as *mut pg_sys::Latch;
             if !latch.is_null() {
@@ -412,8 +417,14 @@ impl Slot {
         self.resync.swap(false, SeqCst)
     }
 
-    /// Copies what waits in the ring into `out` (cleared first); returns the position to
-    /// [`Slot::consume`] up to once it is sent.
+    /// Marks the current assignment served; true when a worker had served it before (this
+    /// worker is a restart).
+    pub fn restarted(&self) -> bool {
+        self.served.swap(true, SeqCst)
+    }
+
+    /// Copies what waits in the ring into `out` (cleared first); returns where it starts, the
+    /// position that [`Slot::consume`] counts from.
     pub fn read(&self, out: &mut Vec<u8>) -> u64 {
         let (data, capacity) = self.data();
         let head = self.head.load(Acquire);
@@ -422,10 +433,10 @@ impl Slot {
         out.resize((head - tail) as usize, 0);
         // SAFETY: [tail, head) was written by appenders before they published head.
         unsafe { copy_out(data, capacity, tail, out) };
-        head
+        tail
     }
 
-    /// Frees the ring up to `to` (a position [`Slot::read`] returned).
+    /// Frees the ring up to `to`.
     pub fn consume(&self, to: u64, events: u64, notifications: u64) {
         self.tail.store(to, Release);
         self.delivered.fetch_add(events, Relaxed);
@@ -514,6 +525,50 @@ unsafe fn copy_out(data: *const u8, capacity: u64, pos: u64, out: &mut [u8]) {
         std::ptr::copy_nonoverlapping(data.add(start), out.as_mut_ptr(), first);
         let rest = out.len() - first;
         std::ptr::copy_nonoverlapping(data, out.as_mut_ptr().add(first), rest);
+    }
+}
+
+/// A ring's record: one transaction's entries behind
+/// `[transaction id: u32 LE][changes: u32 LE][bytes: u32 LE]`.
+pub mod record {
+    use pgrx::pg_sys;
+
+    /// The header's length.
+    pub const HEADER: usize = 12;
+
+    /// The header of a record of `events` changes in `len` bytes of entries.
+    pub fn header(xid: pg_sys::TransactionId, events: u64, len: usize) -> [u8; HEADER] {
+        let mut header = [0; HEADER];
+        header[..4].copy_from_slice(&u32::from(xid).to_le_bytes());
+        header[4..8].copy_from_slice(&(events as u32).to_le_bytes());
+        header[8..].copy_from_slice(&(len as u32).to_le_bytes());
+        header
+    }
+
+    /// One record, as the worker reads it.
+    pub struct Record<'a> {
+        pub xid: pg_sys::TransactionId,
+        pub entries: &'a [u8],
+        /// Where the record ends, from the start of what was read.
+        pub end: usize,
+    }
+
+    /// The records of `bytes`, in order; stops at anything incomplete.
+    pub fn read(bytes: &[u8]) -> impl Iterator<Item = Record<'_>> {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let header = bytes.get(at..at + HEADER)?;
+            let word =
+                |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap_or_default());
+            let len = word(8) as usize;
+            let entries = bytes.get(at + HEADER..at + HEADER + len)?;
+            at += HEADER + len;
+            Some(Record {
+                xid: pg_sys::TransactionId::from(word(0)),
+                entries,
+                end: at,
+            })
+        })
     }
 }
 

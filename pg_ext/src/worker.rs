@@ -8,13 +8,18 @@
 //! There are `threadcast.batch_workers` of them, registered when the server starts (it needs
 //! `shared_preload_libraries = 'threadcast'`), one per ring. A worker waits, connected to no
 //! database, until a database claims its ring; it then connects to that database for as long as
-//! it serves it (NOTIFY reaches the listeners of one database only). It announces a **resync**
-//! when it starts (what an earlier worker held may be lost; after a crash the rings themselves
-//! are) and after a ring overflowed. A worker that leaves, because it was idle for
-//! `threadcast.batch_idle_timeout` or was told to stop, exits with status 1, so that the
-//! postmaster starts it again a second later; an ERROR does the same. Its drained changes are
-//! freed from the ring only after its transaction committed, so a worker that dies sends them
-//! again (a reader drops numbers it has seen) rather than losing them.
+//! it serves it (NOTIFY reaches the listeners of one database only). Each record of the ring is a
+//! transaction's changes, appended before that transaction committed: the worker announces it
+//! once `TransactionIdDidCommit`, skips it if the transaction aborted, and stops at one still in
+//! progress (its commit wakes the worker again), as NOTIFY's own readers treat its queue.
+//!
+//! It announces a **resync** after a ring overflowed, and when it restarts to serve a database a
+//! worker served before (what the previous one held is sent again rather than lost, since the
+//! ring is freed only after the announcing transaction committed, but a resync makes sure). A
+//! worker that leaves, because it was idle for `threadcast.batch_idle_timeout` or was told to
+//! stop, exits with status 1, so that the postmaster starts it again a second later; an ERROR
+//! does the same. After a crash the rings are gone, and so is every LISTEN connection: a
+//! reconnecting broadcaster reads every live thread anyway.
 
 use std::time::Duration;
 
@@ -26,7 +31,7 @@ use pgrx::{direct_function_call_as_datum, pg_sys};
 use threadcast_payload::{BatchWriter, Key, Resync, ResyncReason};
 
 use crate::pending;
-use crate::ring::{self, entry, Slot};
+use crate::ring::{self, entry, record, Slot};
 
 /// The `backend_type` of the workers in `pg_stat_activity`, and their `application_name`.
 pub const WORKER_TYPE: &str = "threadcast batch worker";
@@ -85,7 +90,9 @@ pub extern "C-unwind" fn threadcast_batch_worker(arg: pg_sys::Datum) {
     );
 
     let mut drainer = Drainer::new(slot);
-    drainer.resync(ResyncReason::Restart);
+    if slot.restarted() {
+        drainer.resync(ResyncReason::Restart);
+    }
     // SAFETY: reading the clock has no preconditions.
     let mut active_at = unsafe { pg_sys::GetCurrentTimestamp() };
     loop {
@@ -159,30 +166,57 @@ impl Drainer {
         }
     }
 
-    /// Announces everything in the ring, and a resync if one was asked for. Returns whether
-    /// there was anything to do.
+    /// Announces every record in the ring whose transaction has ended (committed ones; aborted
+    /// ones are skipped), up to the first still in progress, and a resync if one was asked for.
+    /// Returns whether there was anything to do.
     fn drain(&mut self) -> bool {
         let mut worked = false;
         loop {
             let resync = self.slot.take_resync();
-            let to = self.slot.read(&mut self.bytes);
+            let from = self.slot.read(&mut self.bytes);
             if self.bytes.is_empty() && !resync {
                 return worked;
             }
-            worked = true;
             let bytes = &self.bytes;
-            let (events, notifications) =
+            let (done, events, notifications) =
                 BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
-                    let (events, mut notifications) = announce(bytes);
+                    let (mut done, mut events, mut notifications) = (0, 0, 0);
+                    let mut batch = Batch::default();
+                    for record in record::read(bytes) {
+                        // SAFETY: both read the transaction's status in shared memory and the
+                        // commit log; this is a transaction of a connected backend.
+                        let (running, committed) = unsafe {
+                            (
+                                pg_sys::TransactionIdIsInProgress(record.xid),
+                                pg_sys::TransactionIdDidCommit(record.xid),
+                            )
+                        };
+                        if running {
+                            break;
+                        }
+                        if committed {
+                            events += batch.add(record.entries);
+                        }
+                        done = record.end;
+                    }
+                    notifications += batch.finish();
                     if resync {
                         notifications += send_resync(ResyncReason::Overflow);
                     }
-                    (events, notifications)
+                    (done, events, notifications)
                 }));
             if resync {
                 self.slot.count_resync();
             }
-            self.slot.consume(to, events, notifications);
+            if done == 0 && !resync {
+                // The oldest record's transaction is still committing; its end wakes us.
+                return worked;
+            }
+            worked = true;
+            self.slot.consume(from + done as u64, events, notifications);
+            if done < self.bytes.len() {
+                return worked;
+            }
         }
     }
 
@@ -193,36 +227,49 @@ impl Drainer {
     }
 }
 
-/// NOTIFYs the ring's entries, packed per channel, in their order. Returns (changes,
-/// notifications).
-fn announce(bytes: &[u8]) -> (u64, u64) {
-    let mut writers: Vec<(&str, BatchWriter)> = Vec::new();
-    let (mut events, mut sent) = (0, 0);
-    for (channel, payload) in entry::read(bytes) {
-        events += 1;
-        let at = match writers.iter().position(|(c, _)| *c == channel) {
-            Some(at) => at,
-            None => {
-                writers.push((channel, BatchWriter::new()));
-                writers.len() - 1
+/// The notifications of one drain: changes packed per channel, in their order, into as few
+/// NOTIFYs as fit.
+#[derive(Default)]
+struct Batch<'a> {
+    writers: Vec<(&'a str, BatchWriter)>,
+    sent: u64,
+}
+
+impl<'a> Batch<'a> {
+    /// Adds one record's entries; returns how many changes they were.
+    fn add(&mut self, entries: &'a [u8]) -> u64 {
+        let mut events = 0;
+        for (channel, payload) in entry::read(entries) {
+            events += 1;
+            let at = match self.writers.iter().position(|(c, _)| *c == channel) {
+                Some(at) => at,
+                None => {
+                    self.writers.push((channel, BatchWriter::new()));
+                    self.writers.len() - 1
+                }
+            };
+            let writer = &mut self.writers[at].1;
+            if !writer.push(payload) {
+                if let Some(text) = writer.take() {
+                    notify(channel, &text);
+                    self.sent += 1;
+                }
+                writer.push(payload);
             }
-        };
-        let writer = &mut writers[at].1;
-        if !writer.push(payload) {
+        }
+        events
+    }
+
+    /// Sends what is left; returns how many notifications the drain sent.
+    fn finish(mut self) -> u64 {
+        for (channel, writer) in &mut self.writers {
             if let Some(text) = writer.take() {
                 notify(channel, &text);
-                sent += 1;
+                self.sent += 1;
             }
-            writer.push(payload);
         }
+        self.sent
     }
-    for (channel, writer) in &mut writers {
-        if let Some(text) = writer.take() {
-            notify(channel, &text);
-            sent += 1;
-        }
-    }
-    (events, sent)
 }
 
 fn notify(channel: &str, text: &str) {

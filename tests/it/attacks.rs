@@ -207,7 +207,7 @@ async fn every_security_definer_function_of_the_extension_pins_search_path() {
             "threadcast.advance_counters(oid,text[],bigint[])",
             "threadcast.next_seq(oid,text)",
             "threadcast.record_tombstone(oid,text,bigint,text)",
-            "threadcast.register_source(oid,text,text,text,text,text,boolean)",
+            "threadcast.register_source(oid,text,text,text,text,text,boolean,text)",
             "threadcast.reset_threads(oid)",
             "threadcast.signing_key()",
             "threadcast.unregister_source(oid)",
