@@ -7,6 +7,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -15,6 +16,11 @@ use crate::AppState;
 
 /// The cookie a same-site page may carry the token in.
 pub const TOKEN_COOKIE: &str = "threadcast_token";
+
+/// Seconds of clock skew allowed past a token's `exp` (between the minting backend and the
+/// broadcaster). A dashboard stream ends when its token would no longer be accepted: `exp` plus
+/// this.
+pub const LEEWAY_SECS: u64 = 30;
 
 /// Who the bearer is; an application's backend says so when it mints the token.
 #[derive(
@@ -63,7 +69,7 @@ impl Keys {
         // key, and the like; `exp` is required, not merely checked when present.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_aud = false;
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECS;
         Keys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -87,14 +93,25 @@ impl Keys {
 
     /// Signs exactly these claims (tests use it for expired tokens).
     pub fn sign(&self, claims: &Claims) -> String {
+        self.sign_claims(claims)
+    }
+
+    /// Signs claims of any shape: a widget's [`Claims`], or a dashboard token's
+    /// ([`crate::dashboard::ScopeClaims`]).
+    pub fn sign_claims(&self, claims: &impl Serialize) -> String {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail")
     }
 
     /// The claims of a valid token; the error says why a token is not.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        self.verify_as(token)
+    }
+
+    /// The claims of a valid token, read as `T` (the same checks as [`Keys::verify`]).
+    pub fn verify_as<T: DeserializeOwned>(&self, token: &str) -> Result<T, ApiError> {
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        jsonwebtoken::decode::<T>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| {
                 let why = match e.kind() {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::dashboard::ProjectsOf;
 use crate::rate::{Rate, RateSpec};
 
 /// Everything the library needs to serve. Tests build one with [`Config::new`] and adjust fields;
@@ -41,6 +42,17 @@ pub struct Config {
     pub reply_rate: Option<Rate>,
     /// Serve the demo page and its token endpoint, which signs tokens for anyone who asks.
     pub demo: bool,
+    /// How a thread belongs to a project, for dashboard tokens scoped to projects; None: only
+    /// thread-scoped tokens may open dashboard streams.
+    pub projects: Option<ProjectsOf>,
+    /// How long a thread's project, once read, is trusted; dashboard streams check their
+    /// threads again this often.
+    pub membership_ttl: Duration,
+    /// The most threads one dashboard stream may follow.
+    pub dashboard_max_threads: usize,
+    /// Where the demo's built dashboard page (`npm run build:demo` in widget/) is, served at
+    /// `/demo/dashboard/` in demo mode.
+    pub demo_assets: Option<PathBuf>,
 }
 
 impl Config {
@@ -61,6 +73,10 @@ impl Config {
             max_reply_chars: DEFAULT_MAX_REPLY_CHARS,
             reply_rate: Some(Rate::new(DEFAULT_REPLY_PER_SECOND, DEFAULT_REPLY_BURST)),
             demo: false,
+            projects: None,
+            membership_ttl: Duration::from_secs(DEFAULT_MEMBERSHIP_TTL_SECS),
+            dashboard_max_threads: DEFAULT_DASHBOARD_MAX_THREADS,
+            demo_assets: None,
         }
     }
 }
@@ -74,6 +90,8 @@ const DEFAULT_MAX_REPLY_CHARS: usize = 10_000;
 const DEFAULT_REPLY_RATE: &str = "5/s";
 const DEFAULT_REPLY_PER_SECOND: f64 = 5.0;
 const DEFAULT_REPLY_BURST: u32 = 10;
+const DEFAULT_MEMBERSHIP_TTL_SECS: u64 = 5;
+const DEFAULT_DASHBOARD_MAX_THREADS: usize = 5_000;
 
 /// A secret that never shows up in `Debug` output or logs.
 #[derive(Clone)]
@@ -169,6 +187,27 @@ pub struct ServeArgs {
     /// production.
     #[arg(long, env = "THREADCAST_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: bool,
+    /// The demo's built dashboard page (widget/: npm run build:demo), served at /demo/dashboard/.
+    #[arg(long, env = "THREADCAST_DEMO_ASSETS")]
+    pub demo_assets: Option<PathBuf>,
+    /// The table whose key is the thread key and which names each thread's project (for
+    /// example public.feedback): dashboard tokens may then be scoped to projects.
+    #[arg(long, env = "THREADCAST_PROJECT_TABLE")]
+    pub project_table: Option<String>,
+    /// The project table's column holding the thread key.
+    #[arg(long, env = "THREADCAST_PROJECT_THREAD_KEY", default_value = "id")]
+    pub project_thread_key: String,
+    /// The project table's column naming the thread's project.
+    #[arg(long, env = "THREADCAST_PROJECT_COLUMN", default_value = "project_id")]
+    pub project_column: String,
+    /// Seconds a thread's project is trusted once read; dashboard streams check again this often.
+    #[arg(long, env = "THREADCAST_MEMBERSHIP_TTL_SECS", default_value_t = DEFAULT_MEMBERSHIP_TTL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub membership_ttl_secs: u64,
+    /// The most threads one dashboard stream may follow.
+    #[arg(long, env = "THREADCAST_DASHBOARD_MAX_THREADS", default_value_t = DEFAULT_DASHBOARD_MAX_THREADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub dashboard_max_threads: usize,
 }
 
 impl ServeArgs {
@@ -193,6 +232,14 @@ impl ServeArgs {
             RateSpec::PerSecond(n) => Some(Rate::new(n, self.reply_burst)),
         };
         config.demo = self.demo;
+        config.demo_assets = self.demo_assets;
+        config.projects = self.project_table.map(|table| ProjectsOf {
+            table,
+            thread_key: self.project_thread_key,
+            project_column: self.project_column,
+        });
+        config.membership_ttl = Duration::from_secs(self.membership_ttl_secs);
+        config.dashboard_max_threads = self.dashboard_max_threads;
         Ok(config)
     }
 }

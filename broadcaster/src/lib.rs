@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
 pub mod demo;
 pub mod error;
@@ -48,6 +49,7 @@ pub use crate::error::ApiError;
 pub use threadcast_payload::APPLICATION_NAME;
 
 use crate::auth::Keys;
+use crate::dashboard::{Dashboard, DashboardSettings, PgProjects, Projects, StartProjectsError};
 use crate::delivery::{Delivery, Settings};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
@@ -69,6 +71,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Limits and statements of `POST /api/widget/replies`.
     pub replies: Arc<Replies>,
+    /// The dashboard streams (`/api/dashboard/stream`) and thread membership in projects.
+    pub dashboard: Arc<Dashboard>,
     /// Fires on shutdown; long-lived responses end on it.
     pub shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
@@ -100,7 +104,15 @@ impl AppState {
             shutdown.clone(),
             tasks,
         );
+        let dashboard = Arc::new(Dashboard::new(
+            None,
+            config.membership_ttl,
+            DashboardSettings {
+                max_threads: config.dashboard_max_threads,
+            },
+        ));
         AppState {
+            dashboard,
             streams: Arc::new(Semaphore::new(
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),
@@ -114,6 +126,17 @@ impl AppState {
             shutdown,
             ready: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The same state, with project-scoped dashboard tokens checked against `projects` (how
+    /// threads belong to projects).
+    pub fn with_projects(mut self, projects: Arc<dyn Projects>) -> Self {
+        self.dashboard = Arc::new(Dashboard::new(
+            Some(projects),
+            self.config.membership_ttl,
+            self.dashboard.settings.clone(),
+        ));
+        self
     }
 
     /// Tells `/readyz` whether notifications are being received (the LISTEN connection is up).
@@ -133,6 +156,8 @@ pub enum StartError {
     Connect(#[source] deadpool_postgres::PoolError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("cannot serve dashboards: {0}")]
+    Projects(#[from] StartProjectsError),
     #[error("allowed origin {0:?} is not a valid origin")]
     Origin(String),
     #[error("serving failed")]
@@ -144,6 +169,7 @@ pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.allowed_origins);
     let mut router = Router::new()
         .merge(stream::router())
+        .merge(dashboard::router())
         .merge(replies::router(&state.config))
         .merge(widget::router())
         .merge(ops::router());
@@ -228,15 +254,26 @@ impl Broadcaster {
             );
         }
 
+        let projects = match &config.projects {
+            Some(of) => {
+                let projects = PgProjects::lookup(pool.clone(), of).await?;
+                tracing::info!(table = %of.table, thread_key = %of.thread_key, project = %of.project_column, "dashboard tokens may name projects");
+                Some(Arc::new(projects) as Arc<dyn Projects>)
+            }
+            None => None,
+        };
         let tasks = TaskTracker::new();
         let store = Arc::new(PgStore::new(pool, (*source).clone()));
-        let state = AppState::new(
+        let mut state = AppState::new(
             config,
             store,
             source.clone(),
             shutdown.clone(),
             tasks.clone(),
         );
+        if let Some(projects) = projects {
+            state = state.with_projects(projects);
+        }
         let mut listen_pg = pg;
         listen_pg.application_name(APPLICATION_NAME);
         tasks.spawn(

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub row_fetches: Counter,
     /// Subscribers disconnected because their buffer was full.
     pub slow_consumer_disconnects: Counter,
+    /// The dashboard streams' own gauges and counters.
+    pub dashboard: crate::dashboard::DashboardMetrics,
 }
 
 /// The content type of [`Metrics::render`]'s text.
@@ -75,8 +77,10 @@ impl Metrics {
             "Streams open right now",
             open_streams.clone(),
         );
+        let dashboard = crate::dashboard::DashboardMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
+            dashboard,
             open_streams,
             events_delivered,
             notifications,

@@ -64,6 +64,16 @@ impl Event {
     pub fn frame(&self) -> Bytes {
         self.frame.clone()
     }
+
+    /// The event's name (`reply`, `delete`, `reset`) and its data (one line of JSON), as
+    /// rendered: what a stream of many threads wraps with the thread's name.
+    pub fn parts(&self) -> (&str, &str) {
+        // The frame is `id: N\nevent: KIND\ndata: DATA\n\n`, as `render` wrote it.
+        let text = std::str::from_utf8(&self.frame).expect("frames are rendered from str");
+        let rest = text.split_once("\nevent: ").map_or("", |(_, rest)| rest);
+        let (kind, rest) = rest.split_once("\ndata: ").unwrap_or(("", ""));
+        (kind, rest.strip_suffix("\n\n").unwrap_or(rest))
+    }
 }
 
 /// The first frame of every stream: how long EventSource waits before reconnecting.
@@ -163,6 +173,13 @@ mod tests {
             &event.frame()[..],
             b"id: 1\nevent: reply\ndata: {   \"a\": 1  }\n\n"
         );
+    }
+
+    #[test]
+    fn an_event_tells_its_name_and_data() {
+        let event = Event::reply(7, r#"{"id":"a"}"#);
+        assert_eq!(event.parts(), ("reply", r#"{"id":"a"}"#));
+        assert_eq!(Event::reset(9).parts(), ("reset", "{}"));
     }
 
     #[test]

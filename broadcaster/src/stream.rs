@@ -130,13 +130,13 @@ async fn stream_thread(
 }
 
 /// Holds one of the `max_connections` places for as long as the stream lives.
-struct Slot {
+pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     metrics: Metrics,
 }
 
 impl Slot {
-    fn open(permit: OwnedSemaphorePermit, metrics: Metrics) -> Self {
+    pub(crate) fn open(permit: OwnedSemaphorePermit, metrics: Metrics) -> Self {
         metrics.open_streams.inc();
         Slot {
             _permit: permit,

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use threadcast_payload::PayloadError;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -76,7 +76,14 @@ pub struct Delivery {
     /// Reads of the keys prompted by unknown key ids: at most one a second, so that forged ids
     /// cannot turn into a query storm.
     key_reads: Arc<DefaultDirectRateLimiter>,
+    /// The thread of every admitted notification, for whoever follows threads it does not know
+    /// yet (a dashboard following a whole project). Sent only while someone receives.
+    admitted: broadcast::Sender<Arc<str>>,
 }
+
+/// Admitted threads a [`Delivery::admitted`] receiver may fall behind by before it is told
+/// (`RecvError::Lagged`) and must look its threads up in the table instead.
+const ADMITTED_BUFFER: usize = 4096;
 
 impl Delivery {
     /// Delivery of `source`'s changes, reading the table through `store`. Thread tasks run on
@@ -103,6 +110,7 @@ impl Delivery {
             trust: Arc::new(Trust::new(source)),
             next_id: Arc::new(AtomicU64::new(1)),
             key_reads: Arc::new(RateLimiter::direct(Quota::per_second(NonZeroU32::MIN))),
+            admitted: broadcast::channel(ADMITTED_BUFFER).0,
         }
     }
 
@@ -153,7 +161,10 @@ impl Delivery {
         }
         match verdict {
             Verdict::Admit(thread, notice) => {
-                self.ctx.registry.send(&thread, ThreadMsg::Notice(notice))
+                self.ctx.registry.send(&thread, ThreadMsg::Notice(notice));
+                if self.admitted.receiver_count() > 0 {
+                    let _ = self.admitted.send(Arc::from(thread));
+                }
             }
             Verdict::Ignore => {}
             Verdict::Reject(error) => {
@@ -178,6 +189,13 @@ impl Delivery {
     /// (each time the LISTEN connection is (re-)established).
     pub fn resync_all(&self) {
         self.ctx.registry.send_all(|| ThreadMsg::Resync);
+    }
+
+    /// The thread of every notification admitted from now on, whether or not the thread has
+    /// subscribers: how a follower of a whole project learns of threads new to it. A receiver
+    /// that falls [`ADMITTED_BUFFER`] behind is told so (`Lagged`) and must read the table.
+    pub fn admitted(&self) -> broadcast::Receiver<Arc<str>> {
+        self.admitted.subscribe()
     }
 
     /// The number of threads that have a task (threads with subscribers).

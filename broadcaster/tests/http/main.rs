@@ -4,6 +4,7 @@
 //! is the `threadcast-tests` crate's.)
 
 mod cors;
+mod dashboard;
 mod ops;
 mod stream_auth;
 mod support;
