@@ -6,6 +6,7 @@
 
 mod attacks;
 mod browser;
+mod dashboard;
 mod delivery;
 mod demo;
 mod dockerfile_pins;

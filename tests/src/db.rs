@@ -118,6 +118,18 @@ impl TestDb {
         row.get(0)
     }
 
+    /// A new feedback thread in `project`; returns its id.
+    pub async fn create_thread_in(&self, project: Uuid) -> Uuid {
+        self.client
+            .query_one(
+                "INSERT INTO feedback (title, project_id) VALUES ('a card', $1) RETURNING id",
+                &[&project],
+            )
+            .await
+            .expect("insert a feedback thread")
+            .get(0)
+    }
+
     /// Inserts one reply; returns its id.
     pub async fn insert_reply(&self, thread: Uuid, content: &str) -> Uuid {
         insert_reply(&self.client, thread, content).await

@@ -18,6 +18,7 @@
 
 pub mod attacker;
 pub mod browser;
+pub mod dashboard;
 pub mod db;
 pub mod exactly_once;
 pub mod server;

@@ -40,7 +40,8 @@ fn deadline(exp: u64) -> Instant {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let end = Duration::from_secs(exp.saturating_add(LEEWAY_SECS));
+    // jsonwebtoken accepts a token until `exp + leeway` has passed (`exp < now - leeway`).
+    let end = Duration::from_secs(exp.saturating_add(LEEWAY_SECS + 1));
     // Capped: a token may say it never expires, and an Instant cannot be that far off.
     Instant::now()
         + end
