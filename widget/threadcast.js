@@ -317,7 +317,8 @@ const connection = (key, o) => {
   // POSTs the pending changes of the followed set (and renews the stream's token).
   const post = async (body) => {
     const g = gen
-    const res = await o.fetch(`${trim(o.baseUrl)}${DASHBOARD}/${sid}`, {
+    const f = o.fetch // called unbound: a browser's fetch refuses any other `this`
+    const res = await f(`${trim(o.baseUrl)}${DASHBOARD}/${sid}`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
       body: JSON.stringify(body),

@@ -174,7 +174,9 @@ pub fn app(state: AppState) -> Router {
         .merge(widget::router())
         .merge(ops::router());
     if state.config.demo {
-        router = router.merge(demo::router());
+        router = router
+            .merge(demo::router())
+            .merge(dashboard::demo::router());
     }
     router
         // 503s from /readyz during an outage and refused streams are expected answers, not

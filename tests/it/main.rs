@@ -7,6 +7,7 @@
 mod attacks;
 mod browser;
 mod dashboard;
+mod dashboard_browser;
 mod delivery;
 mod demo;
 mod dockerfile_pins;

@@ -14,6 +14,7 @@
 //! wire}`, `membership → {projects, scope}`.
 
 mod connection;
+pub mod demo;
 mod http;
 mod membership;
 mod metrics;

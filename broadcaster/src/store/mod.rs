@@ -119,6 +119,13 @@ pub struct DemoThread {
     pub title: Option<String>,
 }
 
+/// The demo project and its threads (the demo's dashboard page).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DemoProject {
+    pub id: String,
+    pub threads: Vec<DemoThread>,
+}
+
 /// Everything the broadcaster asks of the served table. Futures are boxed: they are awaited by
 /// long-lived tasks and streams, which would otherwise keep room for a query's state all along.
 pub trait Store: Send + Sync + 'static {
@@ -150,6 +157,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The first feedback thread, for the demo page.
     fn demo_thread(&self) -> BoxFuture<'_, Result<Option<DemoThread>, StoreError>>;
+
+    /// The project with the most threads, and its threads (oldest first, at most `limit`), for
+    /// the demo's dashboard page. None where threads have no projects.
+    fn demo_project(&self, limit: i64) -> BoxFuture<'_, Result<Option<DemoProject>, StoreError>> {
+        let _ = limit;
+        Box::pin(async { Ok(None) })
+    }
 
     /// The keys that sign notifications (`threadcast.keys`, readable by a role that
     /// `threadcast.grant_listen()` named).

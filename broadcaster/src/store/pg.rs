@@ -16,7 +16,9 @@ use threadcast_payload::{ChangeKind, Key, KeyRing};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{Change, ChangeBody, DemoThread, InsertError, NewReply, Store, StoreError, Stored};
+use super::{
+    Change, ChangeBody, DemoProject, DemoThread, InsertError, NewReply, Store, StoreError, Stored,
+};
 use crate::error::chain;
 use crate::source::Source;
 
@@ -237,6 +239,34 @@ impl Store for PgStore {
 
     fn keys(&self) -> BoxFuture<'_, Result<KeyRing, StoreError>> {
         self.read_keys().boxed()
+    }
+
+    fn demo_project(&self, limit: i64) -> BoxFuture<'_, Result<Option<DemoProject>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            // `public.feedback` as sql/schema.sql makes it; demo mode reads its titles.
+            let rows = client
+                .query(
+                    "WITH top AS (SELECT project_id FROM public.feedback WHERE project_id IS NOT NULL
+                                   GROUP BY project_id ORDER BY count(*) DESC, project_id LIMIT 1)
+                     SELECT f.project_id::text, f.id::text, f.title FROM public.feedback f
+                       JOIN top USING (project_id) ORDER BY f.created_at, f.id LIMIT $1",
+                    &[&limit],
+                )
+                .await
+                .map_err(query_error)?;
+            Ok(rows.first().map(|first| DemoProject {
+                id: first.get(0),
+                threads: rows
+                    .iter()
+                    .map(|r| DemoThread {
+                        id: r.get(1),
+                        title: r.get(2),
+                    })
+                    .collect(),
+            }))
+        }
+        .boxed()
     }
 }
 
