@@ -1,7 +1,9 @@
 //! `cargo xtask bench stream`: what the broadcaster does for its streams, measured in one run by
 //! a load generator in a process of its own. Commit-to-receive latency (one thread with 1, 100
 //! and 1,000 subscribers; 1,000 threads with one each), the RSS of idle streams, and fan-out at
-//! saturation with the CPU time it took. Prints the tables for docs/benchmarks.md.
+//! saturation with the CPU time it took; and the dashboard cases (one connection following 1,000
+//! threads: latency and RSS per connection; 100 dashboards x 100 threads with writers over all
+//! of them: latency and CPU per event). Prints the tables for docs/benchmarks.md.
 
 use std::path::PathBuf;
 
@@ -36,6 +38,22 @@ pub struct Args {
     /// this build, and a table compares the two.
     #[arg(long)]
     before: Option<PathBuf>,
+    /// Threads one dashboard connection follows.
+    #[arg(long, default_value_t = 1000)]
+    dashboard_threads: u32,
+    /// Dashboards of the many-dashboards case, and threads each follows.
+    #[arg(long, default_value_t = 100)]
+    dashboards: u32,
+    #[arg(long, default_value_t = 100)]
+    per_dashboard: u32,
+    /// Inserts per second, over all of the many dashboards' threads, and for how long.
+    #[arg(long, default_value_t = 500.0)]
+    dashboard_rate: f64,
+    #[arg(long, default_value_t = 10)]
+    dashboard_secs: u64,
+    /// Only the dashboard cases (this build's broadcaster; no --before).
+    #[arg(long)]
+    dashboard_only: bool,
 }
 
 /// The targets of issue 3, on a 2-core machine.
@@ -52,6 +70,12 @@ pub fn run(args: Args) -> Result<()> {
         !args.no_install,
     )?;
     let machine = stack::machine();
+    if args.dashboard_only {
+        let dashboard = dashboard_cases(&stack, &args)?;
+        eprintln!("broadcaster log: {}", stack.log_path().display());
+        println!("\n{machine}\n");
+        return print_dashboard(&dashboard["dashboard"]);
+    }
 
     let mut bins = Vec::new();
     if let Some(before) = &args.before {
@@ -133,10 +157,96 @@ pub fn run(args: Args) -> Result<()> {
         print_capacity(&shared["capacity"], "ten per thread", false)?,
     ];
     print_fanout(&fanout["fanout"])?;
+    let dashboard = dashboard_cases(&stack, &args)?;
+    print_dashboard(&dashboard["dashboard"])?;
     println!();
     for line in verdicts.iter().flatten() {
         println!("- {line}");
     }
+    Ok(())
+}
+
+/// The dashboard cases, on a fresh broadcaster of this build.
+fn dashboard_cases(stack: &Stack, args: &Args) -> Result<Value> {
+    let broadcaster = stack.broadcaster_from(&stack.broadcaster_bin(), 10_000)?;
+    let result = stack.loadgen(
+        &broadcaster,
+        &[
+            "dashboard",
+            "--threads",
+            &args.dashboard_threads.to_string(),
+            "--dashboards",
+            &args.dashboards.to_string(),
+            "--per-dashboard",
+            &args.per_dashboard.to_string(),
+            "--rate",
+            &args.dashboard_rate.to_string(),
+            "--seconds",
+            &args.dashboard_secs.to_string(),
+        ],
+    )?;
+    broadcaster.stop()?;
+    Ok(result)
+}
+
+fn print_dashboard(d: &Value) -> Result<()> {
+    let (single, rss, many) = (&d["single"], &d["rss"], &d["many"]);
+    if single.is_null() {
+        bail!("no dashboard results");
+    }
+    println!(
+        "\nDashboards: project tokens, many threads per connection (GET /api/dashboard/stream)\n"
+    );
+    println!(
+        "| case | events | receipts | p50 | p99 | max | missing | broadcaster CPU per event |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, c) in [
+        (
+            format!(
+                "1 connection x {} threads, one commit at a time",
+                thousands(single["threads"].as_u64().unwrap_or(0))
+            ),
+            single,
+        ),
+        (
+            format!(
+                "{} dashboards x {} threads, {} inserts/s for {} s",
+                many["dashboards"],
+                many["threads_per_dashboard"],
+                many["offered_inserts_per_s"],
+                many["seconds"]
+            ),
+            many,
+        ),
+    ] {
+        let l = &c["latency"];
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {:.1} µs |",
+            thousands(c["events"].as_u64().or(c["inserts"].as_u64()).unwrap_or(0)),
+            thousands(l["samples"].as_u64().unwrap_or(0)),
+            ms(&l["p50_us"]),
+            ms(&l["p99_us"]),
+            ms(&l["max_us"]),
+            c["missing"],
+            c["broadcaster_cpu_us_per_event"].as_f64().unwrap_or(0.0),
+        );
+    }
+    println!(
+        "\nmany dashboards: broadcaster {:.2} cores, load generator {:.1} µs of CPU per event; events of a thread not followed: {}",
+        many["broadcaster_cpu_cores"].as_f64().unwrap_or(0.0),
+        many["loadgen_cpu_us_per_event"].as_f64().unwrap_or(0.0),
+        many["foreign"].as_u64().unwrap_or(0) + single["foreign"].as_u64().unwrap_or(0)
+    );
+    println!(
+        "RSS: {:.1} MiB with no dashboard, {:.1} MiB with {} connections of {} threads each: {} bytes per connection ({} per followed thread, its thread task included)",
+        rss["rss0_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+        rss["rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+        rss["connections"],
+        thousands(rss["threads_per_connection"].as_u64().unwrap_or(0)),
+        thousands(rss["bytes_per_connection"].as_f64().unwrap_or(0.0) as u64),
+        thousands(rss["bytes_per_thread"].as_f64().unwrap_or(0.0) as u64),
+    );
     Ok(())
 }
 

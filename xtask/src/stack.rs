@@ -85,6 +85,8 @@ impl Stack {
             .env("THREADCAST_ADDR", addr.to_string())
             .env("THREADCAST_JWT_SECRET", &self.secret)
             .env("THREADCAST_MAX_CONNECTIONS", max_connections.to_string())
+            // Dashboard tokens scoped to projects (bench stream's dashboard cases).
+            .env("THREADCAST_PROJECT_TABLE", "public.feedback")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log()?);

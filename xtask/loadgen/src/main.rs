@@ -4,6 +4,7 @@
 //! /proc, and prints its findings as one JSON object on stdout (progress goes to stderr).
 
 mod bench;
+mod dashboard;
 mod fleet;
 mod procfs;
 mod soak;
@@ -76,6 +77,22 @@ enum Phase {
         #[arg(long, default_value_t = 5)]
         step_secs: u64,
     },
+    /// Dashboard streams: one following many threads (latency, RSS per connection), and many
+    /// dashboards with writers over all their threads (latency, CPU per event).
+    Dashboard {
+        /// Threads one connection follows.
+        #[arg(long, default_value_t = 1000)]
+        threads: u32,
+        #[arg(long, default_value_t = 100)]
+        dashboards: u32,
+        #[arg(long, default_value_t = 100)]
+        per_dashboard: u32,
+        /// Inserts per second over all the dashboards' threads.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Streams, writers, disconnects and LISTEN kills for a while; then exactly-once checks.
     Soak(threadcast_harness::SoakArgs),
 }
@@ -129,6 +146,26 @@ async fn main() -> Result<()> {
                 subscribers,
                 first_rate,
                 Duration::from_secs(step_secs),
+            )
+            .await?
+        }
+        Phase::Dashboard {
+            threads,
+            dashboards,
+            per_dashboard,
+            rate,
+            seconds,
+        } => {
+            dashboard::run(
+                target,
+                db,
+                cli.jwt_secret.as_bytes(),
+                cli.pid,
+                threads,
+                dashboards,
+                per_dashboard,
+                rate,
+                seconds,
             )
             .await?
         }

@@ -283,7 +283,7 @@ impl Parser {
                     let kind = match ChangeKind::parse(&event.event) {
                         Some(ChangeKind::Reply) => Kind::Reply,
                         Some(ChangeKind::Delete) => Kind::Delete,
-                        None => Kind::Other,
+                        Some(ChangeKind::Reset) | None => Kind::Other,
                     };
                     let Some(seq) = event.id.as_deref().and_then(|id| id.parse().ok()) else {
                         continue;
