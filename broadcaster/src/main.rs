@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use threadcast_broadcaster::auth::{Keys, Role};
 use threadcast_broadcaster::config::{SecretArgs, ServeArgs};
+use threadcast_broadcaster::dashboard::mint_projects;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
@@ -27,11 +28,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print a signed widget token (for trying the service out; applications mint their own).
+    /// Print a signed token (for trying the service out; applications mint their own): a widget's
+    /// for one thread, or a dashboard's for whole projects.
     Token {
         /// The thread (feedback id) the token may read.
+        #[arg(long, required_unless_present = "project", conflicts_with = "project")]
+        feedback_id: Option<Uuid>,
+        /// A project whose threads the token may read on dashboard streams (repeatable).
         #[arg(long)]
-        feedback_id: Uuid,
+        project: Vec<String>,
         /// How long the token is valid: a number with s, m, h or d (for example 1h).
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
@@ -51,12 +56,17 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token {
             feedback_id,
+            project,
             ttl,
             role,
             secret,
         }) => {
-            let secret = secret.resolve().context("reading the JWT secret")?;
-            println!("{}", Keys::new(&secret.0).mint(feedback_id, ttl, role));
+            let keys = Keys::new(&secret.resolve().context("reading the JWT secret")?.0);
+            let token = match feedback_id {
+                Some(thread) => keys.mint(thread, ttl, role),
+                None => mint_projects(&keys, &project, ttl, role),
+            };
+            println!("{token}");
             Ok(())
         }
         None => serve_until_signal(cli.serve),
@@ -213,6 +223,24 @@ mod tests {
         assert!(
             matches!(cli.unwrap().command, Some(Command::Token { .. })),
             "token needs no DATABASE_URL"
+        );
+        let cli = Cli::try_parse_from([
+            "b",
+            "token",
+            "--project",
+            "p1",
+            "--project",
+            "p2",
+            "--jwt-secret",
+            "s",
+        ]);
+        assert!(
+            matches!(cli.unwrap().command, Some(Command::Token { ref project, .. }) if project.len() == 2),
+            "a dashboard token for projects"
+        );
+        assert!(
+            Cli::try_parse_from(["b", "token", "--jwt-secret", "s"]).is_err(),
+            "a token names a thread or projects"
         );
 
         std::env::set_var("DATABASE_URL", "host=from-env");
