@@ -347,3 +347,59 @@ async fn a_broadcaster_restart_mid_conversation_loses_and_doubles_nothing_on_any
         .await;
     assert_each_thread_matches_the_table(&resumed, &db, &threads).await;
 }
+
+#[tokio::test]
+async fn a_cursor_resumes_every_thread_through_updates_deletes_and_a_truncation() {
+    let db = TestDb::new().await;
+    let server = server(&db).await;
+    let p = Uuid::new_v4();
+    let mut threads = Vec::new();
+    for _ in 0..3 {
+        threads.push(db.create_thread_in(p).await);
+    }
+    let token = project_token(&server, &[p]);
+    let mut dashboard = Dashboard::open(&server, &token).await.expect("open");
+    dashboard
+        .follow(&token, &threads.iter().map(|t| (*t, 0)).collect::<Vec<_>>())
+        .await;
+    let mut replies = Vec::new();
+    for t in &threads {
+        replies.push(db.insert_reply(*t, "first").await);
+    }
+    dashboard
+        .until("the first replies", |d| d.events.len() == 3)
+        .await;
+    let cursor = dashboard.cursor();
+    let before = std::mem::take(&mut dashboard.events);
+    drop(dashboard);
+
+    // While the client is away: an edit, a delete, then the table is truncated and a thread
+    // starts again.
+    db.update_reply(replies[0], "edited").await;
+    db.delete_reply(replies[1]).await;
+    db.client
+        .batch_execute("TRUNCATE feedback_replies")
+        .await
+        .unwrap();
+    db.insert_reply(threads[2], "after the truncation").await;
+
+    let mut resumed = Dashboard::open(&server, &token).await.expect("reopen");
+    resumed.events = before;
+    resumed
+        .follow(
+            &token,
+            &threads.iter().map(|t| (*t, cursor[t])).collect::<Vec<_>>(),
+        )
+        .await;
+    resumed
+        .until("every thread's reset and the new reply", |d| {
+            threads
+                .iter()
+                .all(|t| d.events.iter().any(|e| e.thread == *t && e.kind == "reset"))
+                && d.events
+                    .iter()
+                    .any(|e| e.data["content"] == "after the truncation")
+        })
+        .await;
+    assert_each_thread_matches_the_table(&resumed, &db, &threads).await;
+}
