@@ -78,20 +78,21 @@ struct Followed {
 
 /// Everything one stream needs, and its state.
 pub struct Connection {
-    pub(super) delivery: Delivery,
-    pub(super) store: Arc<dyn Store>,
-    pub(super) membership: Option<Arc<Membership>>,
-    pub(super) scope: Scope,
-    pub(super) commands: mpsc::Receiver<Change>,
-    pub(super) metrics: Metrics,
-    pub(super) max_threads: usize,
-    pub(super) max_backoff: Duration,
-    pub(super) deadline: Pin<Box<Sleep>>,
-    pub(super) recheck: Option<Interval>,
-    pub(super) registration: Registration,
-    pub(super) slot: Slot,
+    delivery: Delivery,
+    store: Arc<dyn Store>,
+    membership: Option<Arc<Membership>>,
+    scope: Scope,
+    commands: mpsc::Receiver<Change>,
+    metrics: Metrics,
+    max_threads: usize,
+    max_backoff: Duration,
+    deadline: Pin<Box<Sleep>>,
+    recheck: Option<Interval>,
+    /// The stream's place in the registry and among the open streams, given up when it ends.
+    _registration: Registration,
+    _slot: Slot,
     /// How many threads the stream follows, for requests to see without waiting for it.
-    pub(super) followed: Arc<AtomicUsize>,
+    followed: Arc<AtomicUsize>,
     feeds: SelectAll<Abortable<BoxStream<'static, Tagged>>>,
     following: HashMap<Arc<str>, Followed>,
     /// Where each thread got to on this stream, kept after it is unfollowed: a thread followed
@@ -149,8 +150,8 @@ impl Connection {
             max_backoff,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             recheck,
-            registration,
-            slot,
+            _registration: registration,
+            _slot: slot,
             followed,
             feeds: SelectAll::new(),
             following: HashMap::new(),
@@ -416,7 +417,6 @@ impl Drop for Connection {
             .dashboard
             .threads
             .dec_by(self.following.len() as i64);
-        let _ = (&self.registration, &self.slot);
     }
 }
 
