@@ -9,7 +9,7 @@ use std::time::Duration;
 use backon::ExponentialBackoff;
 use futures::future::poll_fn;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Notification};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{self, Delivery};
@@ -23,6 +23,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Owns the LISTEN connection for the life of the broadcaster.
 pub(crate) struct Listener {
     pub pg: tokio_postgres::Config,
+    pub tls: crate::tls::Connector,
     pub source: Arc<Source>,
     pub delivery: Delivery,
     pub metrics: Metrics,
@@ -74,7 +75,7 @@ impl Listener {
         delays: &mut ExponentialBackoff,
         sessions: &mut u64,
     ) -> Result<(), SessionEnd> {
-        let connect = self.pg.connect(NoTls);
+        let connect = self.pg.connect(self.tls.clone());
         let (client, mut connection) = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
             result = connect => result?,

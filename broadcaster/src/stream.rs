@@ -2,6 +2,8 @@
 //! module is the HTTP side (parameters, auth, the connection limit, the frames); what the stream
 //! carries, and the hand-over from the table to live events, is [`delivery`](crate::delivery)'s.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -116,9 +118,8 @@ async fn stream_thread(
         .feed(&params.feedback_id.to_string(), params.start);
     let frames = Frames {
         feed,
-        retry: sse::retry_frame(state.config.retry),
-        metrics: state.metrics.clone(),
-        _slot: slot,
+        retry: state.config.retry,
+        slot,
     };
     let events = stream::unfold(frames, |mut frames| async move {
         frames.next().await.map(|frame| (frame, frames))
@@ -151,12 +152,11 @@ impl Drop for Slot {
     }
 }
 
-/// A feed's steps as wire frames.
+/// A feed's steps as wire frames. It lives as long as the stream, so it keeps only what it needs.
 struct Frames {
     feed: Feed,
-    retry: Bytes,
-    metrics: Metrics,
-    _slot: Slot,
+    retry: Duration,
+    slot: Slot,
 }
 
 impl Frames {
@@ -165,9 +165,9 @@ impl Frames {
             // The first frame goes out only once the subscription is in place, so that a client
             // holding it knows that every change committed from then on reaches it, even on a
             // live-only stream.
-            Step::Joined => Some(self.retry.clone()),
+            Step::Joined => Some(sse::retry_frame(self.retry)),
             Step::Event(event) => {
-                self.metrics.events_delivered.inc();
+                self.slot.metrics.events_delivered.inc();
                 Some(event.frame())
             }
         }

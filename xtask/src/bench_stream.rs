@@ -54,6 +54,17 @@ pub struct Args {
     /// Only the dashboard cases (this build's broadcaster; no --before).
     #[arg(long)]
     dashboard_only: bool,
+    /// Latency rounds: with `--before`, the latency cases run this many times for each binary,
+    /// alternating, and the comparison takes the median of each one's rounds (a shared machine's
+    /// load comes and goes; alternating spreads it over both).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Run the multi-replica cases (capacity over several replicas, failover, the primary's
+    /// cost per listening replica) instead of the single-replica ones.
+    #[arg(long)]
+    multi_replica: bool,
+    #[command(flatten)]
+    multi: crate::bench_replicas::Args,
 }
 
 /// The targets of issue 3, on a 2-core machine.
@@ -76,6 +87,10 @@ pub fn run(args: Args) -> Result<()> {
         println!("\n{machine}\n");
         return print_dashboard(&dashboard["dashboard"]);
     }
+    if args.multi_replica {
+        println!("\n{machine}\n");
+        return crate::bench_replicas::run(&stack, &args.multi);
+    }
 
     let mut bins = Vec::new();
     if let Some(before) = &args.before {
@@ -96,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
             bin: bin.clone(),
             capacity: Value::Null,
             shared: Value::Null,
-            latency: Value::Null,
+            latency: Vec::new(),
             fanout: Value::Null,
         })
         .collect();
@@ -114,18 +129,24 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         broadcaster.stop()?;
     }
+    for _ in 0..args.rounds.max(1) {
+        for run in &mut runs {
+            let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
+            run.latency.push(stack.loadgen(
+                &broadcaster,
+                &[
+                    "latency",
+                    "--cases",
+                    &args.cases,
+                    "--events",
+                    &args.events.to_string(),
+                ],
+            )?);
+            broadcaster.stop()?;
+        }
+    }
     for run in &mut runs {
         let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
-        run.latency = stack.loadgen(
-            &broadcaster,
-            &[
-                "latency",
-                "--cases",
-                &args.cases,
-                "--events",
-                &args.events.to_string(),
-            ],
-        )?;
         run.fanout = stack.loadgen(
             &broadcaster,
             &[
@@ -144,10 +165,11 @@ pub fn run(args: Args) -> Result<()> {
     let Run {
         capacity,
         shared,
-        latency,
+        mut latency,
         fanout,
         ..
     } = runs.pop().expect("this build was measured");
+    let latency = latency.pop().expect("at least one latency round");
 
     eprintln!("broadcaster log: {}", stack.log_path().display());
     println!("\n{machine}\n");
@@ -256,7 +278,8 @@ struct Run {
     bin: PathBuf,
     capacity: Value,
     shared: Value,
-    latency: Value,
+    /// One result per latency round.
+    latency: Vec<Value>,
     fanout: Value,
 }
 
@@ -270,14 +293,26 @@ impl Run {
             .next_back()
     }
 
-    /// p99 commit-to-receive at one thread with 1,000 subscribers, in µs.
-    fn p99_1x1000(&self) -> Option<f64> {
-        self.latency["latency"]
-            .as_array()?
+    /// p99 commit-to-receive at one thread with 1,000 subscribers, in µs, of each latency round.
+    fn p99s_1x1000(&self) -> Vec<f64> {
+        self.latency
             .iter()
-            .find(|c| c["threads"] == 1 && c["subscribers_per_thread"] == 1000)?["latency"]
-            ["p99_us"]
-            .as_f64()
+            .filter_map(|round| {
+                round["latency"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["threads"] == 1 && c["subscribers_per_thread"] == 1000)?["latency"]
+                    ["p99_us"]
+                    .as_f64()
+            })
+            .collect()
+    }
+
+    /// The median of [`Run::p99s_1x1000`].
+    fn p99_1x1000(&self) -> Option<f64> {
+        let mut p99s = self.p99s_1x1000();
+        p99s.sort_by(f64::total_cmp);
+        p99s.get(p99s.len() / 2).copied()
     }
 
     /// Events delivered per second at saturation.
@@ -327,6 +362,17 @@ fn print_comparison(runs: &[Run]) {
         };
         println!("| {name} | {} | {ratio} |", cells.join(" | "));
     }
+    for run in runs {
+        println!(
+            "\np99 at 1 x 1,000 per round, {}: {} ms",
+            run.label,
+            run.p99s_1x1000()
+                .iter()
+                .map(|us| format!("{:.2}", us / 1000.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!();
 }
 
@@ -334,7 +380,8 @@ fn ms(us: &Value) -> String {
     format!("{:.2} ms", us.as_u64().unwrap_or(0) as f64 / 1000.0)
 }
 
-fn thousands(n: u64) -> String {
+/// `n` with a comma every three digits, as the tables print numbers.
+pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

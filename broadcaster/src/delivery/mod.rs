@@ -3,11 +3,11 @@
 //! large for NOTIFY) and whenever the stream joined.
 //!
 //! The path is `listener → delivery → stream`: the listener hands each notification to
-//! [`Delivery::notify`]; [`trust`] decides what it is trusted for; the [`registry`] routes it to
-//! its thread's task ([`thread`]), which forwards it, or repairs from the [`Store`] what it cannot
-//! carry, into each subscriber's bounded queue ([`queue`]); a stream's [`Feed`] does the
-//! subscribe/catch-up hand-over ([`handover`]) and yields the events to write. Seq bookkeeping and
-//! table paging are [`cursor`]'s.
+//! [`Delivery::notify`]; `trust.rs` decides what it is trusted for; `registry.rs` routes it to its
+//! thread's task (`thread.rs`), which forwards it, or repairs from the [`Store`] what it cannot
+//! carry, into each subscriber's bounded queue (`queue.rs`); a stream's [`Feed`] does the
+//! subscribe/catch-up hand-over (`handover.rs`) and yields the events to write. Seq bookkeeping and
+//! table paging are `cursor.rs`'s.
 //!
 //! Module graph (no cycles): `mod → {registry, thread, trust, handover, subscription}`,
 //! `thread → {registry, cursor, trust, msg, queue}`, `handover → {cursor, subscription}`,
@@ -170,6 +170,15 @@ impl Delivery {
             Verdict::Reject(error) => {
                 self.ctx.metrics.notifications_rejected.inc();
                 self.trust.warn_rejected(&error);
+                // Signed by a key that could not be read just now (the database unreachable,
+                // or key reads spent on forged ids): the change may be genuine. Its thread, if
+                // it has subscribers, reads the table instead, which takes nothing from the
+                // notification; so a rotation never costs a live change.
+                if let PayloadError::UnknownKey(_) = error {
+                    if let Some(thread) = self.trust.unverified_thread(channel, payload) {
+                        self.ctx.registry.send(&thread, ThreadMsg::Resync);
+                    }
+                }
             }
         }
     }

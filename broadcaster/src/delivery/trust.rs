@@ -98,6 +98,14 @@ impl Trust {
         Verdict::Admit(payload.thread.into_owned(), notice)
     }
 
+    /// The thread a notification on our channel and table names, its signature unchecked: only
+    /// for asking that thread to read the table, which trusts nothing else from it.
+    pub fn unverified_thread(&self, channel: &str, text: &str) -> Option<String> {
+        let payload = Payload::decode(text).ok()?;
+        (channel == self.channel && payload.src == Some(self.src))
+            .then(|| payload.thread.into_owned())
+    }
+
     /// Reports a refused notification, at most once per [`WARN_EVERY`].
     pub fn warn_rejected(&self, error: &PayloadError) {
         if self.warnings.check().is_ok() {

@@ -5,7 +5,9 @@
 
 mod cors;
 mod dashboard;
+mod demo;
 mod ops;
+mod replies;
 mod stream_auth;
 mod support;
 mod wire;
