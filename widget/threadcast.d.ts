@@ -143,5 +143,40 @@ export interface ThreadFollow {
  */
 export function followThread(options: FollowThreadOptions): ThreadFollow
 
+export interface FollowProjectOptions {
+  baseUrl?: string
+  /** The project to follow whole: every thread of it, threads new to it included. */
+  projectId: string
+  /** A token scoped to the project (`{"projects": [...]}`). */
+  getToken: GetToken
+  scope?: string
+  /** Each callback gets the thread it concerns as its last argument. */
+  onReply?: (reply: Reply, previous: Reply | undefined, thread: string) => void
+  onDelete?: (id: string, previous: Reply | undefined, thread: string) => void
+  onReset?: (thread: string) => void
+  onChange?: (replies: Reply[], thread: string) => void
+  onStatus?: (status: Status | 'forbidden') => void
+  EventSource?: new (url: string) => EventSourceLike
+  fetch?: typeof fetch
+  retryMin?: number
+  retryMax?: number
+  maxErrors?: number
+}
+
+export interface ProjectFollow {
+  unsubscribe(): void
+  reconnect(): void
+  /** The replies of one of the project's threads, as the inbox holds them. */
+  replies(thread: string): Reply[]
+  readonly status: Status | 'forbidden'
+}
+
+/**
+ * Follows a whole project (an inbox) over a dashboard stream: live from now, threads new to the
+ * project from their first change; after a reconnect, every thread it knew resumes after its
+ * last seq and any other comes whole. One connection per base URL, scope and project.
+ */
+export function followProject(options: FollowProjectOptions): ProjectFollow
+
 /** How many dashboard connections this page holds open. */
 export function dashboardConnections(): number

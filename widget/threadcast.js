@@ -37,9 +37,9 @@ const fetchToken = async (getToken) => {
  * One thread's replies: one per id, in seq order. A change at or below the last seq seen is a
  * replay (after a resume) and is ignored. Shared by `subscribe` and the dashboard connection.
  */
-const thread = (cb, initial) => {
+const thread = (cb, initial, seq0 = 0) => {
   const byId = new Map()
-  let lastSeq = 0
+  let lastSeq = seq0
   let sorted = null // cached ordered list, dropped on every change
   const list = () => sorted || (sorted = [...byId.values()].sort((a, b) => a.thread_seq - b.thread_seq))
   const changed = () => {
@@ -276,10 +276,15 @@ const connections = new Map()
 /**
  * The shared connection for `key`: one EventSource to the dashboard stream, following every
  * thread that some subscription of this page wants, opened with the first subscription and
- * closed with the last. The set it follows changes by POST without touching the stream.
+ * closed with the last. The set it follows changes by POST without touching the stream. With
+ * `o.project`, it follows that whole project instead (an inbox), every thread of it fanned out to
+ * the inbox's subscriptions.
  */
 const connection = (key, o) => {
-  const threads = new Map() // thread -> { subs: Set, state, joined }
+  const threads = new Map() // thread -> { subs: Set, state, status }
+  const inbox = o.project ? new Set() : null // the project's subscriptions
+  let project = false // the project is still to be followed on this stream
+  let opened = false // a stream opened before: a new one resumes
   const added = new Set() // threads to follow at the next flush
   const removed = new Set() // threads to unfollow at the next flush
   let es = null
@@ -293,6 +298,14 @@ const connection = (key, o) => {
   let started = false
 
   const each = (t, fn) => threads.get(t) && threads.get(t).subs.forEach(fn)
+  // A thread's entry: its state, fanned out to `subs` (each callback gets the thread too).
+  const entry = (t, subs, seq0) => {
+    const fan = (name) => (...a) => subs.forEach((s) => s.cb[name] && s.cb[name](...a, t))
+    const e = { subs, status: 'connecting' }
+    e.state = thread({ onReply: fan('onReply'), onDelete: fan('onDelete'), onReset: fan('onReset'), onChange: fan('onChange') }, null, seq0)
+    threads.set(t, e)
+    return e
+  }
   const status = (s, only) => {
     for (const [t, e] of threads) if (!only || only === t) e.status = s, each(t, (sub) => sub.status(s))
   }
@@ -331,10 +344,13 @@ const connection = (key, o) => {
 
   const flush = () => {
     queued = false
-    if (!sid || (!added.size && !removed.size)) return
+    if (!sid || (!added.size && !removed.size && !project)) return
     const follow = {}
     for (const t of added) if (threads.has(t)) follow[t] = threads.get(t).state.lastSeq
     const body = { follow, unfollow: [...removed] }
+    // A new stream of an inbox resumes: every thread it knows is in `follow`, so any other
+    // thread of the project is new to it, and comes whole.
+    if (project) (body.projects = { [o.project]: opened ? 'resume' : 'live' }), (project = false), (opened = true)
     added.clear()
     removed.clear()
     // A failed change is made again by a fresh stream, which follows everything anew.
@@ -363,10 +379,13 @@ const connection = (key, o) => {
       sid = d.stream
       for (const t of threads.keys()) added.add(t)
       removed.clear()
+      project = !!inbox
       flush()
     })
-    on('joined', (d) => status('live', d.thread))
-    for (const kind of KINDS) on(kind, (d) => threads.has(d.thread) && threads.get(d.thread).state.apply(kind, d.data, d.seq))
+    // An inbox learns of its threads as they join: each after the seq it joined at.
+    const known = (t, seq) => threads.get(t) || (inbox && entry(t, inbox, seq))
+    on('joined', (d) => known(d.thread, d.seq) && status('live', d.thread))
+    for (const kind of KINDS) on(kind, (d) => { const e = known(d.thread, 0); e && e.state.apply(kind, d.data, d.seq) })
     on('revoked', (d) => status('forbidden', d.thread))
     on('expired', () => restart(0))
     s.onerror = () => {
@@ -388,39 +407,43 @@ const connection = (key, o) => {
     renew()
   }
 
+  const start = () => started || ((started = true), connect(gen))
+  // The last subscription gone: close, unless another arrives in this same turn (React's
+  // StrictMode unmounts and mounts again at once).
+  const closeSoon = () =>
+    setTimeout(() => {
+      if ((inbox ? inbox.size : threads.size) || connections.get(key) !== conn) return
+      connections.delete(key)
+      gen++
+      stop()
+    })
+
   const conn = {
-    /** Adds a subscription of thread `t`: `sub` has the callbacks. */
+    /** Adds a subscription of thread `t` (of the inbox with t null): `sub` has the callbacks. */
     add(t, sub) {
+      if (inbox) return void (inbox.add(sub), sub.status(sid ? 'live' : 'connecting'), start())
       let e = threads.get(t)
       if (!e) {
-        const fan = (name) => (...a) => e.subs.forEach((s) => s.cb[name] && s.cb[name](...a))
-        e = { subs: new Set(), status: 'connecting' }
-        e.state = thread({ onReply: fan('onReply'), onDelete: fan('onDelete'), onReset: fan('onReset'), onChange: fan('onChange') })
-        threads.set(t, e)
+        e = entry(t, new Set(), 0)
         removed.delete(t)
         added.add(t)
         schedule()
       }
       e.subs.add(sub)
       sub.status(e.status)
-      if (!started) (started = true), connect(gen)
+      start()
       return e
     },
     remove(t, sub) {
+      if (inbox) return inbox.delete(sub) && !inbox.size && closeSoon()
       const e = threads.get(t)
       if (!e || !e.subs.delete(sub) || e.subs.size) return
       threads.delete(t)
       if (!added.delete(t)) removed.add(t), schedule()
-      // The last subscription gone: close, unless another arrives in this same turn (React's
-      // StrictMode unmounts and mounts again at once).
-      if (!threads.size)
-        setTimeout(() => {
-          if (threads.size || connections.get(key) !== conn) return
-          connections.delete(key)
-          gen++
-          stop()
-        })
+      if (!threads.size) closeSoon()
     },
+    /** The replies of thread `t`, as this connection holds them. */
+    replies: (t) => (threads.has(t) ? threads.get(t).state.list() : []),
     reconnect() {
       attempt = errors = 0
       status('connecting')
@@ -431,25 +454,10 @@ const connection = (key, o) => {
   return conn
 }
 
-export function followThread({
-  baseUrl = '',
-  feedbackId,
-  getToken,
-  scope = '',
-  onReply,
-  onDelete,
-  onReset,
-  onChange,
-  onStatus,
-  EventSource = globalThis.EventSource,
-  fetch = globalThis.fetch,
-  retryMin = 1000,
-  retryMax = 30000,
-  maxErrors = 3,
-}) {
-  const key = `${trim(baseUrl)}\n${scope}`
+/** A subscription on the page's connection for `key` (made from `o` if there is none). */
+const follow = (key, o, t, { getToken, onReply, onDelete, onReset, onChange, onStatus }) => {
   let conn = connections.get(key)
-  if (!conn) connections.set(key, (conn = connection(key, { baseUrl, EventSource, fetch, retryMin, retryMax, maxErrors })))
+  if (!conn) connections.set(key, (conn = connection(key, o)))
   // Every subscription of a connection shares its token scope; the latest getToken serves all.
   conn.o.getToken = getToken
   let closed = false
@@ -460,22 +468,46 @@ export function followThread({
       if (s !== status && !closed) (status = s), onStatus && onStatus(s)
     },
   }
-  const e = conn.add(feedbackId, sub)
+  const e = conn.add(t, sub)
   // A thread another subscription already follows: what it holds, at once.
-  if (e.state.list().length && onChange) onChange(e.state.list())
+  if (e && e.state.list().length && onChange) onChange(e.state.list(), t)
   return {
     unsubscribe() {
-      if (!closed) (closed = true), (sub.cb = {}), conn.remove(feedbackId, sub)
+      if (!closed) (closed = true), (sub.cb = {}), conn.remove(t, sub)
     },
     reconnect: () => !closed && conn.reconnect(),
-    replies: () => e.state.list(),
+    replies: (thread = t) => conn.replies(thread),
     get lastSeq() {
-      return e.state.lastSeq
+      return e ? e.state.lastSeq : 0
     },
     get status() {
       return status
     },
   }
+}
+
+const options = ({ baseUrl = '', EventSource = globalThis.EventSource, fetch = globalThis.fetch, retryMin = 1000, retryMax = 30000, maxErrors = 3 }) => ({
+  baseUrl,
+  EventSource,
+  fetch,
+  retryMin,
+  retryMax,
+  maxErrors,
+})
+
+export function followThread(opts) {
+  const o = options(opts)
+  return follow(`${trim(o.baseUrl)}\n${opts.scope || ''}`, o, opts.feedbackId, opts)
+}
+
+/**
+ * Follows a whole project (an inbox): every change of every thread of it, threads new to the
+ * project included; callbacks get the thread as their last argument. An inbox has a connection
+ * of its own (per base URL, scope and project), shared by the page's inboxes of that project.
+ */
+export function followProject(opts) {
+  const o = { ...options(opts), project: opts.projectId }
+  return follow(`${trim(o.baseUrl)}\n${opts.scope || ''}\n${opts.projectId}`, o, null, opts)
 }
 
 /** The page's open dashboard connections (for tests and diagnostics). */

@@ -12,6 +12,7 @@ export class SimDashboard {
     this.posts = [] // every POST body, in order
     this.opened = 0
     this.n = 0
+    this.projectOf = new Map() // thread -> project
     this.fetch = this.fetch.bind(this)
   }
 
@@ -29,7 +30,7 @@ export class SimDashboard {
     if (!es.params.get('token')) return es.refuse()
     const id = `s${++this.n}`
     this.opened++
-    this.streams.set(id, { es, following: new Set() })
+    this.streams.set(id, { es, following: new Set(), projects: new Set() })
     this.clients.add(es)
     es.open()
     es.feed(`retry: 1000\n\nevent: open\ndata: ${JSON.stringify({ stream: id })}\n\n`)
@@ -48,7 +49,12 @@ export class SimDashboard {
     this.posts.push(body)
     for (const t of body.unfollow || []) stream.following.delete(t)
     const refused = {}
-    for (const [t, after] of Object.entries(body.follow || {})) {
+    const follow = { ...body.follow }
+    for (const [p, start] of Object.entries(body.projects || {})) {
+      stream.projects.add(p)
+      for (const [t, q] of this.projectOf) if (q === p && !(t in follow)) follow[t] = start === 'resume' ? 0 : null
+    }
+    for (const [t, after] of Object.entries(follow)) {
       if (this.refuse.has(t)) {
         refused[t] = 'the thread is not in the token\'s projects'
         continue
@@ -56,20 +62,28 @@ export class SimDashboard {
       stream.following.add(t)
       const log = this.log(t)
       const changes = []
-      for (const row of log.rows.values()) if (row.thread_seq > after) changes.push(['reply', row.thread_seq, row])
-      for (const [rid, seq] of log.tombstones) if (seq > after) changes.push(['delete', seq, { id: rid }])
+      const from = after ?? log.seq
+      for (const row of log.rows.values()) if (row.thread_seq > from) changes.push(['reply', row.thread_seq, row])
+      for (const [rid, seq] of log.tombstones) if (seq > from) changes.push(['delete', seq, { id: rid }])
       changes.sort((a, b) => a[1] - b[1])
       queueMicrotask(() => {
         for (const [kind, seq, data] of changes) this.emit(stream.es, kind, { thread: t, seq, data })
-        this.emit(stream.es, 'joined', { thread: t, seq: after ?? log.seq })
+        this.emit(stream.es, 'joined', { thread: t, seq: from })
       })
     }
     return answer(200, { following: Object.keys(body.follow || {}).filter((t) => !refused[t]), refused })
   }
 
   broadcast(thread, kind, seq, data) {
-    for (const { es, following } of this.streams.values())
-      if (es.readyState === 1 && following.has(thread)) this.emit(es, kind, { thread, seq, data })
+    for (const { es, following, projects } of this.streams.values()) {
+      if (es.readyState !== 1) continue
+      // A thread new to a followed project: followed from its start (joined 0, then its changes).
+      if (!following.has(thread) && projects.has(this.projectOf.get(thread))) {
+        following.add(thread)
+        this.emit(es, 'joined', { thread, seq: 0 })
+      }
+      if (following.has(thread)) this.emit(es, kind, { thread, seq, data })
+    }
   }
 
   insert(thread, fields = {}) {

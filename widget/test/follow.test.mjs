@@ -1,6 +1,6 @@
 import { test, afterEach } from 'node:test'
 import assert from 'node:assert/strict'
-import { followThread, dashboardConnections } from '../threadcast.js'
+import { followThread, followProject, dashboardConnections } from '../threadcast.js'
 import { fakeEventSource, makeToken } from '../test-utils/fake-eventsource.mjs'
 import { SimDashboard } from '../test-utils/fake-dashboard.mjs'
 
@@ -148,4 +148,42 @@ test('a second follow of the same thread gets what the first holds at once', asy
   assert.deepEqual(contents(second), ['one'])
   assert.equal(second.status, 'live')
   assert.equal(server.posts.length, 1, 'no second follow on the server')
+})
+
+test('an inbox follows a whole project, threads new to it included, and resumes after a drop', async () => {
+  const server = new SimDashboard()
+  const ES = fakeEventSource(server)
+  server.projectOf.set('old', 'p')
+  server.projectOf.set('other', 'q')
+  server.insert('old', { id: 'o1' })
+  const got = []
+  const inbox = followProject({
+    projectId: 'p',
+    getToken: () => makeToken({ projects: ['p'] }),
+    EventSource: ES,
+    fetch: server.fetch,
+    retryMin: 1,
+    retryMax: 4,
+    onReply: (r, prev, thread) => got.push(`${thread}:${r.id}`),
+  })
+  open.push(inbox)
+  await until(() => inbox.status === 'live', 'the inbox live')
+  assert.deepEqual(server.posts[0], { follow: {}, unfollow: [], projects: { p: 'live' } })
+  server.insert('old', { id: 'o2' })
+  server.projectOf.set('new', 'p')
+  server.insert('new', { id: 'n1' })
+  server.insert('other', { id: 'x1' })
+  await until(() => got.length == 2, 'two replies')
+  assert.deepEqual(got, ['old:o2', 'new:n1'], 'live from now, a new thread whole, nothing of another project')
+
+  server.dropAll()
+  server.insert('new', { id: 'n2' }) // while away
+  server.projectOf.set('newer', 'p')
+  server.insert('newer', { id: 'w1' })
+  await until(() => got.length == 4, 'the catch-up')
+  assert.deepEqual(server.posts.at(-1).projects, { p: 'resume' })
+  assert.deepEqual(server.posts.at(-1).follow, { old: 2, new: 1 }, 'each known thread after its seq')
+  assert.deepEqual(got.slice(2).sort(), ['new:n2', 'newer:w1'])
+  assert.deepEqual(inbox.replies('new').map((r) => r.id), ['n1', 'n2'])
+  assert.equal(ES.instances.length, 1, 'the browser reconnected the one EventSource')
 })

@@ -439,3 +439,33 @@ async fn following_a_project_brings_its_threads_and_threads_new_to_it() {
     assert_eq!(status, StatusCode::OK);
     assert!(body["refused_projects"][Q].is_string(), "{body}");
 }
+
+#[tokio::test]
+async fn resuming_a_project_sends_known_threads_after_their_cursor_and_others_whole() {
+    let api = Api::new();
+    let (known, unknown) = (thread_in(&api, P), thread_in(&api, P));
+    for i in 1..=2 {
+        api.store.insert(known, &format!("known {i}"));
+        api.store.insert(unknown, &format!("unknown {i}"));
+    }
+    let token = project_token(&[P]);
+    let (mut frames, id) = open(&api, &token).await;
+    // A reconnecting inbox: it had `known` up to seq 1, and never heard of `unknown`.
+    let (status, _) = change(
+        &api,
+        &id,
+        &token,
+        json!({ "follow": { known.to_string(): 1 }, "projects": { P: "resume" } }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    frames.until("\"known 2\"").await;
+    frames.until("\"unknown 2\"").await;
+    let got: Vec<String> = changes(&frames)
+        .iter()
+        .map(|(_, d)| d["data"]["content"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["known 2", "unknown 1", "unknown 2"], "{got:?}");
+}
