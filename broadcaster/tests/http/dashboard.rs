@@ -469,3 +469,49 @@ async fn resuming_a_project_sends_known_threads_after_their_cursor_and_others_wh
     sorted.sort();
     assert_eq!(sorted, ["known 2", "unknown 1", "unknown 2"], "{got:?}");
 }
+
+#[tokio::test]
+async fn the_demo_dashboard_is_demo_mode_only_and_says_how_to_build_its_page() {
+    let api = Api::new();
+    for path in [
+        "/demo/dashboard/",
+        "/demo/dashboard/app.js",
+        "/demo/dashboard/token?projectId=p",
+    ] {
+        assert_eq!(
+            api.answer(get(path, &[])).await.0,
+            StatusCode::NOT_FOUND,
+            "{path} without demo mode"
+        );
+    }
+    let api = Api::with(|c| c.demo = true);
+    let (status, headers, _) = api.answer(get("/demo/dashboard/", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let (status, _, body) = api.answer(get("/demo/dashboard/app.js", &[])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not built");
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("npm run build:demo"),
+        "{error}"
+    );
+    let (status, _, body) = api
+        .answer(get(
+            &format!("/demo/dashboard/token?projectId={P}&ttl=60"),
+            &[],
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let token: Value = serde_json::from_slice(&body).unwrap();
+    let claims: ScopeClaims = Keys::new(SECRET)
+        .verify_as(token["token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(claims.projects, Some(vec![P.to_owned()]));
+    assert_eq!(claims.role, Role::Agency);
+}
