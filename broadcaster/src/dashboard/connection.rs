@@ -173,13 +173,16 @@ impl Connection {
             if self.ended {
                 return None;
             }
+            // Biased, events last: a thread that left the token's projects must be dropped on
+            // time however busy the other threads are (and the expiry, the changes and the
+            // admitted threads, each drained in one go, are few against the events).
             let wake = tokio::select! {
                 biased;
                 _ = self.deadline.as_mut() => Wake::Expired,
-                command = self.commands.recv() => Wake::Command(command),
-                Some(step) = self.feeds.next(), if !self.feeds.is_empty() => Wake::Step(step),
                 _ = tick(&mut self.recheck) => Wake::Recheck,
+                command = self.commands.recv() => Wake::Command(command),
                 admitted = recv(&mut self.admitted) => Wake::Admitted(admitted),
+                Some(step) = self.feeds.next(), if !self.feeds.is_empty() => Wake::Step(step),
             };
             match wake {
                 Wake::Expired => {
