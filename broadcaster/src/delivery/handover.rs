@@ -55,6 +55,8 @@ pub struct Feed {
     cursor: Cursor,
     pending: VecDeque<Event>,
     phase: Phase,
+    /// The last seq the thread's task had forwarded when it took this subscriber on.
+    joined_at: Option<i64>,
 }
 
 impl Feed {
@@ -72,7 +74,14 @@ impl Feed {
             cursor: Cursor::default(),
             pending: VecDeque::new(),
             phase: Phase::Joining,
+            joined_at: None,
         }
+    }
+
+    /// Where the subscription joined its thread, once [`Step::Joined`] has been returned: every
+    /// change after this seq reaches the feed live.
+    pub fn joined_at(&self) -> Option<i64> {
+        self.joined_at
     }
 
     /// The next step, or None to end the stream: delivery stopped, the subscriber was dropped
@@ -90,6 +99,7 @@ impl Feed {
                 Phase::Joining => {
                     let joined_at = self.subscription.joined().await?;
                     tracing::debug!(joined_at, "joined");
+                    self.joined_at = Some(joined_at);
                     let thread = self.subscription.thread().clone();
                     self.phase = match self.start {
                         Start::Live => Phase::Live,

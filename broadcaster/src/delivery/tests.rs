@@ -23,7 +23,9 @@ struct Rig {
     shutdown: CancellationToken,
 }
 
-fn rig(keys_only: bool, subscriber_buffer: usize, page_rows: i32) -> Rig {
+/// Delivery on a fresh store, with the signing keys read as the listener reads them when it
+/// LISTENs.
+async fn rig(keys_only: bool, subscriber_buffer: usize, page_rows: i32) -> Rig {
     let source = MemStore::source(keys_only);
     let store = Arc::new(MemStore::new(source.clone()));
     let shutdown = CancellationToken::new();
@@ -39,6 +41,10 @@ fn rig(keys_only: bool, subscriber_buffer: usize, page_rows: i32) -> Rig {
         shutdown.clone(),
         TaskTracker::new(),
     );
+    delivery
+        .refresh_keys()
+        .await
+        .expect("the keys are readable");
     Rig {
         store,
         delivery,
@@ -84,7 +90,7 @@ async fn next_event(feed: &mut Feed) -> crate::sse::Event {
 
 #[tokio::test]
 async fn a_feed_joins_before_it_reads_the_table_so_nothing_committed_in_between_is_lost() {
-    let rig = rig(false, 16, 1000);
+    let rig = rig(false, 16, 1000).await;
     let thread = rig.store.create_thread("t");
     for i in 1..=3 {
         rig.store.insert(thread, &format!("old {i}"));
@@ -106,7 +112,7 @@ async fn a_feed_joins_before_it_reads_the_table_so_nothing_committed_in_between_
 async fn a_client_resuming_ahead_of_its_thread_task_is_not_sent_what_it_has_again() {
     // Found by the property test below: the thread's task is behind the client's Last-Event-ID
     // (notifications were lost and it has not resynced yet), and forwards 1..=3 once it does.
-    let rig = rig(false, 16, 1000);
+    let rig = rig(false, 16, 1000).await;
     let thread = rig.store.create_thread("t");
     let key = thread.to_string();
     let mut first = rig.delivery.feed(&key, Start::Live);
@@ -136,9 +142,110 @@ async fn a_client_resuming_ahead_of_its_thread_task_is_not_sent_what_it_has_agai
     assert_eq!(got, [1, 2, 3, 4], "the live client gets the repair");
 }
 
+/// Inserts `n` replies into `thread` and announces each to `delivery`.
+async fn announced(rig: &Rig, delivery: &Delivery, thread: Uuid, n: usize) {
+    for i in 0..n {
+        let (_, payload) = rig.store.insert(thread, &format!("reply {i}"));
+        delivery.notify(CHANNEL, &payload).await;
+    }
+}
+
+/// The seqs of the next `n` events of `feed`.
+async fn next_seqs(feed: &mut Feed, n: usize) -> Vec<i64> {
+    let mut seqs = Vec::with_capacity(n);
+    for _ in 0..n {
+        seqs.push(next_event(feed).await.seq);
+    }
+    seqs
+}
+
+#[tokio::test]
+async fn a_client_that_read_up_to_20_resuming_on_a_thread_task_stuck_at_18_gets_nothing_twice() {
+    // Issue 10's first hole, as reported: during a LISTEN outage the thread task's last seq is
+    // stuck at 18; a client that read up to 20 reconnects with Last-Event-ID: 20 and joins at 18;
+    // its catch-up finds nothing after 20; when the listener comes back the resync forwards 19
+    // and 20, which the stream must not send again.
+    let rig = rig(false, 64, 1000).await;
+    let thread = rig.store.create_thread("t");
+    let key = thread.to_string();
+    let mut watcher = rig.delivery.feed(&key, Start::Live);
+    assert!(matches!(watcher.next().await, Some(Step::Joined)));
+    announced(&rig, &rig.delivery, thread, 18).await;
+    assert_eq!(next_seqs(&mut watcher, 18).await.last(), Some(&18));
+    // The listener is down: 19 and 20 commit, and their notifications are lost.
+    rig.store.insert(thread, "19, lost");
+    rig.store.insert(thread, "20, lost");
+
+    let mut resumed = rig.delivery.feed(&key, Start::After(20));
+    assert!(matches!(resumed.next().await, Some(Step::Joined)));
+    assert_eq!(
+        resumed.joined_at(),
+        Some(18),
+        "it joined a task stuck at 18"
+    );
+    let waiting = tokio::time::timeout(Duration::from_millis(50), resumed.next()).await;
+    assert!(waiting.is_err(), "its catch-up finds nothing: {waiting:?}");
+    rig.delivery.resync_all();
+    announced(&rig, &rig.delivery, thread, 1).await;
+
+    assert_eq!(
+        next_seqs(&mut resumed, 1).await,
+        [21],
+        "19 and 20 are not sent again"
+    );
+    assert_eq!(next_seqs(&mut watcher, 3).await, [19, 20, 21]);
+}
+
+#[tokio::test]
+async fn a_client_moving_to_a_replica_whose_listener_is_behind_gets_nothing_twice() {
+    // The same hole behind a load balancer: two broadcasters serve one table, and their
+    // listeners stand at different positions. The client read 1..=5 from the first and
+    // reconnects, with Last-Event-ID: 5, to the second, which has only seen up to 3.
+    let rig = rig(false, 64, 1000).await;
+    let behind = Delivery::new(
+        rig.store.clone(),
+        &MemStore::source(false),
+        Settings::default(),
+        Metrics::new(),
+        rig.shutdown.clone(),
+        TaskTracker::new(),
+    );
+    behind.refresh_keys().await.unwrap();
+    let thread = rig.store.create_thread("t");
+    let key = thread.to_string();
+    let mut on_behind = behind.feed(&key, Start::Live);
+    assert!(matches!(on_behind.next().await, Some(Step::Joined)));
+    let mut on_ahead = rig.delivery.feed(&key, Start::Live);
+    assert!(matches!(on_ahead.next().await, Some(Step::Joined)));
+    for i in 1..=5 {
+        let (_, payload) = rig.store.insert(thread, &format!("reply {i}"));
+        rig.delivery.notify(CHANNEL, &payload).await;
+        if i <= 3 {
+            behind.notify(CHANNEL, &payload).await;
+        }
+    }
+    assert_eq!(next_seqs(&mut on_ahead, 5).await, [1, 2, 3, 4, 5]);
+    assert_eq!(next_seqs(&mut on_behind, 3).await, [1, 2, 3]);
+
+    let mut moved = behind.feed(&key, Start::After(5));
+    assert!(matches!(moved.next().await, Some(Step::Joined)));
+    assert_eq!(moved.joined_at(), Some(3));
+    let waiting = tokio::time::timeout(Duration::from_millis(50), moved.next()).await;
+    assert!(waiting.is_err(), "its catch-up finds nothing: {waiting:?}");
+    // The second replica's listener catches up (it reconnects, or the notifications arrive).
+    behind.resync_all();
+    let (_, payload) = rig.store.insert(thread, "reply 6");
+    behind.notify(CHANNEL, &payload).await;
+    assert_eq!(
+        next_seqs(&mut moved, 1).await,
+        [6],
+        "4 and 5 are not sent again"
+    );
+}
+
 #[tokio::test]
 async fn a_hole_and_a_left_out_row_are_read_from_the_table() {
-    let rig = rig(true, 16, 2);
+    let rig = rig(true, 16, 2).await;
     let thread = rig.store.create_thread("t");
     let mut feed = rig.delivery.feed(&thread.to_string(), Start::Live);
     assert!(matches!(feed.next().await, Some(Step::Joined)));
@@ -164,7 +271,7 @@ async fn a_hole_and_a_left_out_row_are_read_from_the_table() {
 
 #[tokio::test]
 async fn a_forged_number_far_ahead_does_not_silence_the_thread() {
-    let rig = rig(false, 16, 1000);
+    let rig = rig(false, 16, 1000).await;
     let thread = rig.store.create_thread("t");
     let mut feed = rig.delivery.feed(&thread.to_string(), Start::Live);
     assert!(matches!(feed.next().await, Some(Step::Joined)));
@@ -195,7 +302,7 @@ async fn a_forged_number_far_ahead_does_not_silence_the_thread() {
 
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_is_cut_off_after_what_it_had_queued() {
-    let rig = rig(false, 2, 1000);
+    let rig = rig(false, 2, 1000).await;
     let thread = rig.store.create_thread("t");
     let mut slow = rig.delivery.feed(&thread.to_string(), Start::Live);
     assert!(matches!(slow.next().await, Some(Step::Joined)));
@@ -217,7 +324,7 @@ async fn a_subscriber_that_falls_behind_is_cut_off_after_what_it_had_queued() {
 
 #[tokio::test]
 async fn the_last_subscriber_leaving_retires_the_thread_task() {
-    let rig = rig(false, 16, 1000);
+    let rig = rig(false, 16, 1000).await;
     let thread = rig.store.create_thread("t").to_string();
     let mut feed = rig.delivery.feed(&thread, Start::Live);
     assert!(matches!(feed.next().await, Some(Step::Joined)));
@@ -364,7 +471,7 @@ fn check(client: &Client, table: &BTreeMap<i64, crate::store::Change>) -> Result
 }
 
 async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result<(), String> {
-    let rig = rig(false, buffer, page_rows);
+    let rig = rig(false, buffer, page_rows).await;
     let thread = rig.store.create_thread("t");
     let key = thread.to_string();
     let mut replies: Vec<Uuid> = Vec::new();
@@ -405,11 +512,14 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
                 clients.push(client(&rig.delivery, &key, from));
             }
             Op::Drop { pick } => clients[pick % clients.len()].kick.notify_one(),
-            Op::Listener { up } => {
-                if up && !listening {
+            Op::Listener { up: false } => listening = false,
+            Op::Listener { up: true } => {
+                // As the listener does after LISTEN: read the keys (a failure ends the session
+                // and it tries again later), then have every live thread read the table.
+                if !listening && rig.delivery.refresh_keys().await.is_ok() {
                     rig.delivery.resync_all();
+                    listening = true;
                 }
-                listening = up;
             }
             Op::Database { up } => rig.store.set_down(!up),
             Op::Wait { ms } => tokio::time::sleep(Duration::from_millis(ms.into())).await,
@@ -419,6 +529,10 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
     // Everything comes back; one last reply, announced, must reach every client.
     rig.store.set_down(false);
     if !listening {
+        rig.delivery
+            .refresh_keys()
+            .await
+            .expect("the keys are readable");
         rig.delivery.resync_all();
     }
     let (_, payload) = rig.store.insert(thread, "the last reply");
@@ -428,7 +542,14 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while client.events.lock().unwrap().last().map_or(0, |e| e.seq) < last {
             if tokio::time::Instant::now() > deadline {
-                return Err(format!("client {n} never got seq {last}"));
+                let got: Vec<i64> = client
+                    .events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.seq)
+                    .collect();
+                return Err(format!("client {n} never got seq {last}; it got {got:?}"));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
