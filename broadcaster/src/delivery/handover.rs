@@ -3,9 +3,9 @@
 //!
 //! A [`Feed`] subscribes first; the thread's task answers with the last seq it had forwarded, and
 //! from then on forwards every later change to it. Only then does the feed read the table
-//! (catch-up after `Last-Event-ID`, or the last replies for `?history=N`) and pass that on;
-//! afterwards it drops live events at or below the last seq it passed on. It says
-//! [`Step::Joined`] once the subscription is in place, before anything else.
+//! (catch-up after `Last-Event-ID`, or the last replies for `?history=N` up to the join point)
+//! and pass that on; afterwards it drops live events at or below the last seq it passed on. It
+//! says [`Step::Joined`] once the subscription is in place, before anything else.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -117,7 +117,15 @@ impl Feed {
                 Phase::History(n) => {
                     let n = *n;
                     let rows = read(self.store.latest(self.subscription.thread(), n)).await?;
-                    self.pending.extend(rows.iter().map(|c| c.event()));
+                    // Replies after the join point reach this feed live, in order with every
+                    // other change after it; taken from the history they would put the cursor
+                    // past changes still to come live, which would then be dropped as sent.
+                    let joined_at = self.joined_at.unwrap_or(0);
+                    self.pending.extend(
+                        rows.iter()
+                            .filter(|c| c.seq <= joined_at)
+                            .map(|c| c.event()),
+                    );
                     self.phase = Phase::Live;
                 }
                 Phase::CatchUp(pages) if pages.is_done() => self.phase = Phase::Live,

@@ -244,6 +244,37 @@ async fn a_client_moving_to_a_replica_whose_listener_is_behind_gets_nothing_twic
 }
 
 #[tokio::test]
+async fn history_then_live_loses_nothing_committed_between_the_join_and_the_history_read() {
+    // Issue 10's second hole: the stream joins at 10, replies 11 and 12 commit before the
+    // history is read, and `?history=1` reads [12]. The stream must still send 11, and each of
+    // 11 and 12 once.
+    let rig = rig(false, 64, 1000).await;
+    let thread = rig.store.create_thread("t");
+    let key = thread.to_string();
+    announced(&rig, &rig.delivery, thread, 10).await;
+    for n in [1, 3] {
+        let mut feed = rig.delivery.feed(&key, Start::History(n));
+        assert!(matches!(feed.next().await, Some(Step::Joined)));
+        let joined = feed.joined_at().expect("joined");
+        // Committed after the join, before the feed reads its history.
+        announced(&rig, &rig.delivery, thread, 2).await;
+        let mut got = Vec::new();
+        while got.last() != Some(&(joined + 2)) {
+            got.push(next_event(&mut feed).await.seq);
+        }
+        let live = [joined + 1, joined + 2];
+        assert!(
+            got.ends_with(&live) && got.windows(2).all(|w| w[0] < w[1]),
+            "history={n}, joined at {joined}: {got:?} must end with {live:?}, each once, in order"
+        );
+        assert!(
+            got.len() <= n as usize + 2 && got.iter().all(|s| *s > joined - n as i64),
+            "history={n}: at most the last {n} replies before the join, then the live ones: {got:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_hole_and_a_left_out_row_are_read_from_the_table() {
     let rig = rig(true, 16, 2).await;
     let thread = rig.store.create_thread("t");
