@@ -158,6 +158,11 @@ export function subscribe({
         if (prev) changed()
       }),
     )
+    // A live start (history: 0) says where it joined the thread: resume from there, so that a
+    // drop before the first reply loses nothing committed while reconnecting.
+    s.addEventListener('joined', (e) => {
+      if (g === gen && +e.lastEventId > lastSeq) lastSeq = +e.lastEventId
+    })
     // The table was truncated: every earlier reply of the thread is gone.
     s.addEventListener(
       'reset',

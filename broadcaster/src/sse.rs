@@ -14,6 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{BoxStream, Stream};
+use threadcast_payload::JOINED_EVENT;
 use tokio::time::{Instant, Sleep};
 
 /// One rendered event: its seq (the SSE `id`) and the frame as it goes on the wire.
@@ -66,9 +67,21 @@ impl Event {
     }
 }
 
-/// The first frame of every stream: how long EventSource waits before reconnecting.
-pub fn retry_frame(retry: Duration) -> Bytes {
-    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+/// The first frame of every stream: how long EventSource waits before reconnecting, and, for a
+/// stream that started live, where it joined its thread.
+///
+/// The join point goes out as a `joined` event ([`JOINED_EVENT`]) whose `id:` is that seq:
+/// EventSource takes it as its last event id, so that a live stream that drops before its first
+/// change resumes with `Last-Event-ID` and misses nothing committed while it reconnects. (An
+/// `id:` without data would do by the HTML standard, but Chromium keeps no id from a block that
+/// dispatches no event.) Listeners of `reply`, `delete` and `reset` never see it.
+pub fn first_frame(retry: Duration, joined_at: Option<i64>) -> Bytes {
+    let mut frame = format!("retry: {}\n", retry.as_millis());
+    if let Some(seq) = joined_at {
+        frame.push_str(&format!("id: {seq}\nevent: {JOINED_EVENT}\ndata: {{}}\n"));
+    }
+    frame.push('\n');
+    Bytes::from(frame)
 }
 
 /// The comment sent on a silent stream so that proxies and browsers keep it open.
@@ -162,6 +175,16 @@ mod tests {
         assert_eq!(
             &event.frame()[..],
             b"id: 1\nevent: reply\ndata: {   \"a\": 1  }\n\n"
+        );
+    }
+
+    #[test]
+    fn the_first_frame_of_a_live_start_says_where_it_joined() {
+        let retry = Duration::from_millis(2000);
+        assert_eq!(&first_frame(retry, None)[..], b"retry: 2000\n\n");
+        assert_eq!(
+            &first_frame(retry, Some(17))[..],
+            b"retry: 2000\nid: 17\nevent: joined\ndata: {}\n\n"
         );
     }
 

@@ -2,6 +2,8 @@
 //! module is the HTTP side (parameters, auth, the connection limit, the frames); what the stream
 //! carries, and the hand-over from the table to live events, is [`delivery`](crate::delivery)'s.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
@@ -116,7 +118,8 @@ async fn stream_thread(
         .feed(&params.feedback_id.to_string(), params.start);
     let frames = Frames {
         feed,
-        retry: sse::retry_frame(state.config.retry),
+        retry: state.config.retry,
+        announce_join: params.start == Start::Live,
         metrics: state.metrics.clone(),
         _slot: slot,
     };
@@ -154,7 +157,10 @@ impl Drop for Slot {
 /// A feed's steps as wire frames.
 struct Frames {
     feed: Feed,
-    retry: Bytes,
+    retry: Duration,
+    /// Whether the first frame tells the client where it joined (a live start, which has no
+    /// `Last-Event-ID` of its own to resume with): `sse::first_frame`.
+    announce_join: bool,
     metrics: Metrics,
     _slot: Slot,
 }
@@ -165,7 +171,10 @@ impl Frames {
             // The first frame goes out only once the subscription is in place, so that a client
             // holding it knows that every change committed from then on reaches it, even on a
             // live-only stream.
-            Step::Joined => Some(self.retry.clone()),
+            Step::Joined => {
+                let joined_at = self.feed.joined_at().filter(|_| self.announce_join);
+                Some(sse::first_frame(self.retry, joined_at))
+            }
             Step::Event(event) => {
                 self.metrics.events_delivered.inc();
                 Some(event.frame())

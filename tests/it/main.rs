@@ -9,6 +9,7 @@ mod browser;
 mod delivery;
 mod demo;
 mod dockerfile_pins;
+mod event_source;
 mod extension_delivery;
 mod faults;
 mod forged;

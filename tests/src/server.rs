@@ -96,6 +96,12 @@ impl TestServer {
         Subscriber::spawn(name, &self.url(""), thread, self.token(thread))
     }
 
+    /// A background subscriber of `thread` that starts live, as a plain `new EventSource(url)`
+    /// does; see [`Subscriber::spawn_live`].
+    pub fn subscribe_live(&self, name: impl Into<String>, thread: Uuid) -> Subscriber {
+        Subscriber::spawn_live(name, &self.url(""), thread, self.token(thread))
+    }
+
     /// A valid one-hour end-user token for `thread`.
     pub fn token(&self, thread: Uuid) -> String {
         self.keys

@@ -374,52 +374,92 @@ async fn the_last_subscriber_leaving_retires_the_thread_task() {
 #[derive(Clone, Debug)]
 enum Op {
     /// A write (0: insert, 1: update, 2: delete of an existing reply picked by `pick`); its
-    /// notification is lost while the listener is down.
+    /// notification reaches the replicas whose listener is up.
     Write { kind: u8, pick: usize },
-    /// A new client resuming after a seq (a fraction of the current counter, in percent).
-    Connect { from_percent: u8 },
-    /// A client's connection drops; it reconnects with the last id it has.
+    /// A new client, starting as a stream may start.
+    Connect { start: ClientStart },
+    /// A client's connection drops; it reconnects, to the next replica, as EventSource does.
     Drop { pick: usize },
-    /// The listener goes down (notifications are lost) or comes back (and resyncs).
-    Listener { up: bool },
+    /// A replica's listener goes down (notifications are lost) or comes back (reads the keys,
+    /// then resyncs).
+    Listener { replica: usize, up: bool },
     /// The database goes down (reads fail) or comes back.
     Database { up: bool },
     /// Let the tasks run for a while.
     Wait { ms: u8 },
 }
 
+/// How a client's first request starts its stream.
+#[derive(Clone, Copy, Debug)]
+enum ClientStart {
+    /// Live only (an EventSource without `lastEventId`).
+    Live,
+    /// The last `n` replies, then live.
+    History(i32),
+    /// Every change after a seq: a fraction of the current counter, in percent.
+    After(u8),
+}
+
 fn op() -> impl Strategy<Value = Op> {
+    let start = prop_oneof![
+        Just(ClientStart::Live),
+        (0i32..4).prop_map(ClientStart::History),
+        (0u8..=100).prop_map(ClientStart::After),
+    ];
     prop_oneof![
         6 => (0u8..3, any::<usize>()).prop_map(|(kind, pick)| Op::Write { kind, pick }),
-        2 => (0u8..=100).prop_map(|from_percent| Op::Connect { from_percent }),
+        2 => start.prop_map(|start| Op::Connect { start }),
         1 => any::<usize>().prop_map(|pick| Op::Drop { pick }),
-        1 => any::<bool>().prop_map(|up| Op::Listener { up }),
+        1 => (0usize..REPLICAS, any::<bool>()).prop_map(|(replica, up)| Op::Listener { replica, up }),
         1 => any::<bool>().prop_map(|up| Op::Database { up }),
         2 => (1u8..50).prop_map(|ms| Op::Wait { ms }),
     ]
 }
 
-/// A client that reconnects like EventSource: each time its feed ends (or is dropped), a new
-/// one resumes after the last seq it received.
+/// Broadcasters serving the one table behind a load balancer, each with its own listener.
+const REPLICAS: usize = 2;
+
+/// What a client has received, and what it is owed.
+#[derive(Default)]
+struct Received {
+    events: Vec<crate::sse::Event>,
+    /// Every change after this seq is owed: the start's `lastEventId`, or the join point of
+    /// the last connection that started without an id (a live or history start).
+    floor: Option<i64>,
+}
+
+/// A client that behaves like a plain EventSource, without any deduplication of its own: each
+/// time its feed ends (or is dropped), it reconnects to the next replica with the last id it has
+/// (Last-Event-ID), or, holding none yet, with its first request again. A live start holds the
+/// join point from the start: the stream announces it (`id:` with the first frame).
 struct Client {
-    from: i64,
-    events: Arc<Mutex<Vec<crate::sse::Event>>>,
+    start: Start,
+    received: Arc<Mutex<Received>>,
     kick: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn client(delivery: &Delivery, thread: &str, from: i64) -> Client {
-    let events = Arc::new(Mutex::new(Vec::new()));
+fn client(replicas: &[Delivery], first: usize, thread: &str, start: Start) -> Client {
+    let received = Arc::new(Mutex::new(Received::default()));
     let kick = Arc::new(tokio::sync::Notify::new());
     let stop = CancellationToken::new();
     let task = tokio::spawn({
-        let (delivery, thread) = (delivery.clone(), thread.to_owned());
-        let (events, kick, stop) = (events.clone(), kick.clone(), stop.clone());
+        let (replicas, thread) = (replicas.to_vec(), thread.to_owned());
+        let (received, kick, stop) = (received.clone(), kick.clone(), stop.clone());
         async move {
-            let mut last = from;
+            let mut last_id = match start {
+                Start::After(n) => Some(n),
+                _ => None,
+            };
+            if let Some(n) = last_id {
+                received.lock().unwrap().floor = Some(n);
+            }
+            let mut replica = first;
             while !stop.is_cancelled() {
-                let mut feed = delivery.feed(&thread, Start::After(last));
+                let connect = last_id.map_or(start, Start::After);
+                let mut feed = replicas[replica % replicas.len()].feed(&thread, connect);
+                replica += 1;
                 loop {
                     let step = tokio::select! {
                         _ = stop.cancelled() => return,
@@ -428,8 +468,15 @@ fn client(delivery: &Delivery, thread: &str, from: i64) -> Client {
                     };
                     match step {
                         Some(Step::Event(event)) => {
-                            last = event.seq;
-                            events.lock().unwrap().push(event);
+                            last_id = Some(event.seq);
+                            received.lock().unwrap().events.push(event);
+                        }
+                        Some(Step::Joined) if last_id.is_none() => {
+                            let joined = feed.joined_at().expect("joined");
+                            received.lock().unwrap().floor = Some(joined);
+                            if connect == Start::Live {
+                                last_id = Some(joined);
+                            }
                         }
                         Some(Step::Joined) => {}
                         None => break,
@@ -441,17 +488,23 @@ fn client(delivery: &Delivery, thread: &str, from: i64) -> Client {
         }
     });
     Client {
-        from,
-        events,
+        start,
+        received,
         kick,
         stop,
         task,
     }
 }
 
-/// Every difference between what a client received and the table's changes after its start.
+/// Every difference between what a client received and the table's changes after its floor:
+/// each seq once, in order, none missing, none that never committed; below the floor only what a
+/// history start sent.
 fn check(client: &Client, table: &BTreeMap<i64, crate::store::Change>) -> Result<(), String> {
-    let events = client.events.lock().unwrap();
+    let received = client.received.lock().unwrap();
+    let events = &received.events;
+    let Some(floor) = received.floor else {
+        return Err("it never joined its thread".into());
+    };
     let mut problems = Vec::new();
     let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
     if seqs.windows(2).any(|w| w[0] >= w[1]) {
@@ -469,7 +522,7 @@ fn check(client: &Client, table: &BTreeMap<i64, crate::store::Change>) -> Result
         };
         latest.insert(id.as_str().unwrap().to_owned(), *seq);
     }
-    for (seq, _) in table.range(client.from + 1..) {
+    for (seq, _) in table.range(floor + 1..) {
         if !seqs.contains(seq) {
             problems.push(format!("seq {seq} never arrived"));
         }
@@ -487,10 +540,12 @@ fn check(client: &Client, table: &BTreeMap<i64, crate::store::Change>) -> Result
                     .is_some_and(|l| *l > seq) => {}
             None => problems.push(format!("seq {seq} ({name}) never committed")),
         }
-        if seq <= client.from {
+        // A history start sends replies up to its join point; one that resumes after such a
+        // reply (with its id) is then owed every change after it, deletes included.
+        let history = matches!(client.start, Start::History(_));
+        if seq <= floor && !history {
             problems.push(format!(
-                "seq {seq} is before the client's start {}",
-                client.from
+                "seq {seq} is at or before the client's floor {floor}"
             ));
         }
     }
@@ -501,19 +556,43 @@ fn check(client: &Client, table: &BTreeMap<i64, crate::store::Change>) -> Result
     }
 }
 
-async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result<(), String> {
-    let rig = rig(false, buffer, page_rows).await;
+async fn run_interleaving(
+    ops: Vec<Op>,
+    page_rows: i32,
+    buffer: usize,
+    keys_only: bool,
+) -> Result<(), String> {
+    let rig = rig(keys_only, buffer, page_rows).await;
+    let mut replicas = vec![rig.delivery.clone()];
+    for _ in 1..REPLICAS {
+        let replica = Delivery::new(
+            rig.store.clone(),
+            &MemStore::source(keys_only),
+            Settings {
+                subscriber_buffer: buffer,
+                max_backoff: Duration::from_millis(400),
+                page_rows,
+            },
+            Metrics::new(),
+            rig.shutdown.clone(),
+            TaskTracker::new(),
+        );
+        replica.refresh_keys().await.expect("the keys are readable");
+        replicas.push(replica);
+    }
     let thread = rig.store.create_thread("t");
     let key = thread.to_string();
     let mut replies: Vec<Uuid> = Vec::new();
-    let mut clients = vec![client(&rig.delivery, &key, 0)];
-    let mut listening = true;
-    let delivery = rig.delivery.clone();
-    let deliver = |listening: bool, payload: Option<String>| {
-        let delivery = delivery.clone();
+    let mut clients = vec![client(&replicas, 0, &key, Start::After(0))];
+    let mut listening = [true; REPLICAS];
+    let deliver = |listening: [bool; REPLICAS], payload: Option<String>| {
+        let replicas = replicas.clone();
         async move {
-            if let (true, Some(payload)) = (listening, payload) {
-                delivery.notify(CHANNEL, &payload).await;
+            let Some(payload) = payload else { return };
+            for (replica, up) in replicas.iter().zip(listening) {
+                if up {
+                    replica.notify(CHANNEL, &payload).await;
+                }
             }
         }
     };
@@ -537,19 +616,25 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
                 let id = replies.remove(pick % replies.len());
                 deliver(listening, rig.store.delete(id)).await;
             }
-            Op::Connect { from_percent } => {
-                let current = rig.store.current_seq(&key).await.unwrap_or(0);
-                let from = current * i64::from(from_percent) / 100;
-                clients.push(client(&rig.delivery, &key, from));
+            Op::Connect { start } => {
+                let start = match start {
+                    ClientStart::Live => Start::Live,
+                    ClientStart::History(n) => Start::History(n),
+                    ClientStart::After(percent) => {
+                        let current = rig.store.current_seq(&key).await.unwrap_or(0);
+                        Start::After(current * i64::from(percent) / 100)
+                    }
+                };
+                clients.push(client(&replicas, clients.len(), &key, start));
             }
             Op::Drop { pick } => clients[pick % clients.len()].kick.notify_one(),
-            Op::Listener { up: false } => listening = false,
-            Op::Listener { up: true } => {
+            Op::Listener { replica, up: false } => listening[replica] = false,
+            Op::Listener { replica, up: true } => {
                 // As the listener does after LISTEN: read the keys (a failure ends the session
                 // and it tries again later), then have every live thread read the table.
-                if !listening && rig.delivery.refresh_keys().await.is_ok() {
-                    rig.delivery.resync_all();
-                    listening = true;
+                if !listening[replica] && replicas[replica].refresh_keys().await.is_ok() {
+                    replicas[replica].resync_all();
+                    listening[replica] = true;
                 }
             }
             Op::Database { up } => rig.store.set_down(!up),
@@ -559,28 +644,42 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
     }
     // Everything comes back; one last reply, announced, must reach every client.
     rig.store.set_down(false);
-    if !listening {
-        rig.delivery
-            .refresh_keys()
-            .await
-            .expect("the keys are readable");
-        rig.delivery.resync_all();
+    for (replica, up) in replicas.iter().zip(&mut listening) {
+        if !*up {
+            replica.refresh_keys().await.expect("the keys are readable");
+            replica.resync_all();
+            *up = true;
+        }
     }
     let (_, payload) = rig.store.insert(thread, "the last reply");
-    rig.delivery.notify(CHANNEL, &payload).await;
+    deliver(listening, Some(payload)).await;
     let last = rig.store.current_seq(&key).await.unwrap();
     for (n, client) in clients.iter().enumerate() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while client.events.lock().unwrap().last().map_or(0, |e| e.seq) < last {
+        // Caught up once it holds `last`: as an event, or as its join point (a live stream that
+        // joined after `last` committed is not owed it).
+        let position = || {
+            let received = client.received.lock().unwrap();
+            let last_event = received.events.last().map(|e| e.seq);
+            received
+                .floor
+                .map(|floor| floor.max(last_event.unwrap_or(0)))
+        };
+        while position().is_none_or(|p| p < last) {
             if tokio::time::Instant::now() > deadline {
                 let got: Vec<i64> = client
-                    .events
+                    .received
                     .lock()
                     .unwrap()
+                    .events
                     .iter()
                     .map(|e| e.seq)
                     .collect();
-                return Err(format!("client {n} never got seq {last}; it got {got:?}"));
+                return Err(format!(
+                    "client {n} ({:?}) never got seq {last}; it got {got:?}, position {:?}",
+                    client.start,
+                    position()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -596,7 +695,7 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
     for (n, mut client) in clients.into_iter().enumerate() {
         client.stop.cancel();
         let _ = (&mut client.task).await;
-        check(&client, &table).map_err(|e| format!("client {n} (from {}):\n{e}", client.from))?;
+        check(&client, &table).map_err(|e| format!("client {n} ({:?}):\n{e}", client.start))?;
     }
     Ok(())
 }
@@ -604,21 +703,24 @@ async fn run_interleaving(ops: Vec<Op>, page_rows: i32, buffer: usize) -> Result
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// Whatever the interleaving of writes, subscribes, drops, lost notifications and database
-    /// outages, every client ends up with exactly the thread's committed changes after where it
-    /// started: each once, in seq order, none that never committed.
+    /// Whatever the interleaving of writes, subscribes (live, history, resuming), catch-up,
+    /// drops and reconnects across two replicas, lost notifications, listener and database
+    /// outages, every client (a plain EventSource, deduplicating nothing) ends up with exactly the
+    /// thread's committed changes after where it started: each once, in seq order, none
+    /// missing, none that never committed.
     #[test]
     fn every_client_gets_exactly_the_committed_changes_whatever_the_interleaving(
         ops in proptest::collection::vec(op(), 1..60),
         page_rows in 1i32..5,
         buffer in 1usize..8,
+        keys_only in any::<bool>(),
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
             .build()
             .unwrap();
-        let result = runtime.block_on(run_interleaving(ops, page_rows, buffer));
+        let result = runtime.block_on(run_interleaving(ops, page_rows, buffer, keys_only));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }

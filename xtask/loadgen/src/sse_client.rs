@@ -26,6 +26,8 @@ pub enum Item {
     Retry,
     /// A comment line (the heartbeat).
     Comment,
+    /// A live stream's `joined` event: the seq it joined its thread at.
+    Joined(i64),
     Event {
         seq: i64,
         kind: Kind,
@@ -279,11 +281,15 @@ impl Parser {
             items.push(match item {
                 SseItem::Retry(_) => Item::Retry,
                 SseItem::Comment(_) => Item::Comment,
+                SseItem::Joined(id) => match id.parse() {
+                    Ok(seq) => Item::Joined(seq),
+                    Err(_) => continue,
+                },
                 SseItem::Event(event) => {
                     let kind = match ChangeKind::parse(&event.event) {
                         Some(ChangeKind::Reply) => Kind::Reply,
                         Some(ChangeKind::Delete) => Kind::Delete,
-                        None => Kind::Other,
+                        Some(ChangeKind::Reset) | None => Kind::Other,
                     };
                     let Some(seq) = event.id.as_deref().and_then(|id| id.parse().ok()) else {
                         continue;
