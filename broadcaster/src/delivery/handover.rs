@@ -1,10 +1,10 @@
 //! The hand-over of one stream from the table to live events, with nothing missed and nothing
 //! doubled.
 //!
-//! A [`Feed`] subscribes first; the thread's task answers with the last seq it had forwarded, and
-//! from then on forwards every later change to it. Only then does the feed read the table
-//! (catch-up after `Last-Event-ID`, or the last replies for `?history=N` up to the join point)
-//! and pass that on; afterwards it drops live events at or below the last seq it passed on. It
+//! A [`Feed`] subscribes first; the thread's task answers with the last seq it had forwarded (the
+//! join point), and from then on forwards every later change to it. Only then does the feed read
+//! the table, up to the join point and no further (catch-up from `Last-Event-ID`, none at all for
+//! a client already there; or the last replies for `?history=N`), and pass that on; afterwards it drops live events at or below the last seq it passed on. It
 //! says [`Step::Joined`] once the subscription is in place, before anything else.
 
 use std::collections::VecDeque;
@@ -108,7 +108,20 @@ impl Feed {
                             // it (repairing a hole, or not yet resynced after an outage) and
                             // forward some of that again later: the cursor drops it.
                             self.cursor.skip_to(n);
-                            Phase::CatchUp(Pages::new(thread, n, None, self.page_rows))
+                            // Everything after the join point reaches the feed live, so the table
+                            // owes it (n, joined_at] only, and nothing when the client is at or
+                            // past the join point: a reconnect storm costs one table read per
+                            // thread (its task's baseline), not one per stream.
+                            if n >= joined_at {
+                                Phase::Live
+                            } else {
+                                Phase::CatchUp(Pages::new(
+                                    thread,
+                                    n,
+                                    Some(joined_at),
+                                    self.page_rows,
+                                ))
+                            }
                         }
                         Start::History(n) => Phase::History(n),
                     };

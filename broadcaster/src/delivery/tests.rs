@@ -275,6 +275,42 @@ async fn history_then_live_loses_nothing_committed_between_the_join_and_the_hist
 }
 
 #[tokio::test]
+async fn resuming_streams_of_a_thread_that_did_not_change_read_nothing_but_one_baseline() {
+    // A reconnect storm after a restart: every stream of a thread comes back with the thread's
+    // last seq. The thread's task reads its baseline once; the streams read nothing.
+    let rig = rig(false, 16, 1000).await;
+    let thread = rig.store.create_thread("t");
+    let key = thread.to_string();
+    for i in 0..5 {
+        rig.store.insert(thread, &format!("reply {i}"));
+    }
+    let mut feeds = Vec::new();
+    for _ in 0..100 {
+        let mut feed = rig.delivery.feed(&key, Start::After(5));
+        assert!(matches!(feed.next().await, Some(Step::Joined)));
+        feeds.push(feed);
+    }
+    assert_eq!(
+        rig.store.reads().counts(),
+        (1, 0, 0),
+        "(current_seq, changes, latest): one baseline, no catch-up"
+    );
+    // One that is behind reads what it missed, and no further than the join point.
+    let mut behind = rig.delivery.feed(&key, Start::After(3));
+    assert_eq!(next_seqs(&mut behind, 2).await, [4, 5]);
+    assert_eq!(rig.store.reads().counts(), (1, 1, 0));
+    announced(&rig, &rig.delivery, thread, 1).await;
+    for feed in feeds.iter_mut().chain([&mut behind]) {
+        assert_eq!(next_seqs(feed, 1).await, [6]);
+    }
+    assert_eq!(
+        rig.store.reads().counts(),
+        (1, 1, 0),
+        "live events read nothing"
+    );
+}
+
+#[tokio::test]
 async fn a_hole_and_a_left_out_row_are_read_from_the_table() {
     let rig = rig(true, 16, 2).await;
     let thread = rig.store.create_thread("t");

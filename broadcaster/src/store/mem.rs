@@ -8,6 +8,7 @@
 //! integration tests, not only the unit tests, can use it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
@@ -26,6 +27,27 @@ pub struct MemStore {
     state: Mutex<State>,
     /// Where each change's notification goes, when someone listens.
     notify: Option<mpsc::UnboundedSender<String>>,
+    reads: Reads,
+}
+
+/// How many reads of each kind a [`MemStore`] has answered (or refused while down): what tests
+/// count to check that delivery reads the table only when it must.
+#[derive(Debug, Default)]
+pub struct Reads {
+    pub current_seq: AtomicU64,
+    pub changes: AtomicU64,
+    pub latest: AtomicU64,
+}
+
+impl Reads {
+    /// (current_seq, changes, latest) so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.current_seq.load(Ordering::Relaxed),
+            self.changes.load(Ordering::Relaxed),
+            self.latest.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -78,6 +100,7 @@ impl MemStore {
             source,
             state: Mutex::new(State::default()),
             notify: None,
+            reads: Reads::default(),
         }
     }
 
@@ -105,6 +128,11 @@ impl MemStore {
     fn state(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state whole; a panic in a test does not change that.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The reads answered so far, by kind.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// Makes every read fail (true) or work again (false), as a database outage would.
@@ -269,6 +297,7 @@ fn change(thread: &str, seq: i64, entry: &Entry) -> Change {
 
 impl Store for MemStore {
     fn current_seq<'a>(&'a self, thread: &'a str) -> BoxFuture<'a, Result<i64, StoreError>> {
+        self.reads.current_seq.fetch_add(1, Ordering::Relaxed);
         let seq = self.read(|state| state.threads.get(thread).map_or(0, |log| log.counter));
         async move { seq }.boxed()
     }
@@ -280,6 +309,7 @@ impl Store for MemStore {
         until: Option<i64>,
         limit: i32,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        self.reads.changes.fetch_add(1, Ordering::Relaxed);
         let page = self.read(|state| {
             let Some(log) = state.threads.get(thread) else {
                 return Vec::new();
@@ -302,6 +332,7 @@ impl Store for MemStore {
         thread: &'a str,
         n: i32,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        self.reads.latest.fetch_add(1, Ordering::Relaxed);
         let rows = self.read(|state| {
             let Some(log) = state.threads.get(thread) else {
                 return Vec::new();
