@@ -30,6 +30,9 @@ pub struct Config {
     pub subscriber_buffer: usize,
     /// Connections of the pool used for catch-up, gap repair and omitted rows.
     pub fetch_pool_size: usize,
+    /// Notifications the listener holds before it drops more (and every live thread reads the
+    /// table instead): the bound on what a flood of NOTIFYs can make it hold.
+    pub listener_buffer: usize,
     /// The longest wait between two attempts to re-establish the LISTEN connection.
     pub max_backoff: Duration,
     /// How long a write to a client may make no progress before its connection is closed: a
@@ -56,6 +59,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
             fetch_pool_size: DEFAULT_FETCH_POOL_SIZE,
+            listener_buffer: DEFAULT_LISTENER_BUFFER,
             max_backoff: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             max_reply_chars: DEFAULT_MAX_REPLY_CHARS,
@@ -70,6 +74,7 @@ const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
 const DEFAULT_FETCH_POOL_SIZE: usize = 4;
+const DEFAULT_LISTENER_BUFFER: usize = 1024;
 const DEFAULT_MAX_REPLY_CHARS: usize = 10_000;
 const DEFAULT_REPLY_RATE: &str = "5/s";
 const DEFAULT_REPLY_PER_SECOND: f64 = 5.0;
@@ -154,6 +159,11 @@ pub struct ServeArgs {
     #[arg(long, env = "THREADCAST_FETCH_POOL_SIZE", default_value_t = DEFAULT_FETCH_POOL_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub fetch_pool_size: usize,
+    /// Notifications held before more are dropped (every live thread then reads the table): a
+    /// flood of NOTIFYs costs at most this many payloads of memory.
+    #[arg(long, env = "THREADCAST_LISTENER_BUFFER", default_value_t = DEFAULT_LISTENER_BUFFER,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub listener_buffer: usize,
     /// The longest reply POST /api/widget/replies accepts, in characters (longer ones get 413).
     #[arg(long, env = "THREADCAST_MAX_REPLY_CHARS", default_value_t = DEFAULT_MAX_REPLY_CHARS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
@@ -187,6 +197,7 @@ impl ServeArgs {
         config.max_connections = self.max_connections;
         config.subscriber_buffer = self.subscriber_buffer;
         config.fetch_pool_size = self.fetch_pool_size;
+        config.listener_buffer = self.listener_buffer;
         config.max_reply_chars = self.max_reply_chars;
         config.reply_rate = match self.reply_rate {
             RateSpec::Off => None,

@@ -247,6 +247,7 @@ impl Broadcaster {
                 metrics: state.metrics.clone(),
                 ready: state.ready.clone(),
                 max_backoff: state.config.max_backoff,
+                buffer: state.config.listener_buffer,
                 shutdown,
             }
             .run(),

@@ -1,14 +1,22 @@
 //! The one LISTEN connection: receives the extension's notifications and hands them to delivery;
 //! when it drops, reconnects with capped exponential backoff (with jitter), LISTENs again and has
 //! every live thread read what committed in between.
+//!
+//! Any role that can connect may NOTIFY, so the connection is read as fast as it delivers, into a
+//! bounded buffer ([`Config::listener_buffer`](crate::Config::listener_buffer) notifications): a
+//! notification that finds it full is dropped and counted, and once the buffer has room again
+//! every live thread reads the table, which holds whatever the dropped ones said. A flood costs
+//! CPU, never memory, and the server's notification queue never fills because of us.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::ExponentialBackoff;
 use futures::future::poll_fn;
-use tokio::sync::mpsc;
+use governor::{Quota, RateLimiter};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +37,9 @@ pub(crate) struct Listener {
     /// True while LISTEN is in force; `/readyz` reports it.
     pub ready: Arc<AtomicBool>,
     pub max_backoff: Duration,
+    /// Notifications received but not yet taken, at most; more are dropped (and every live
+    /// thread reads the table).
+    pub buffer: usize,
     pub shutdown: CancellationToken,
 }
 
@@ -80,25 +91,35 @@ impl Listener {
             result = connect => result?,
         };
         // The connection object must be polled for queries to complete; notifications come out
-        // of the same poll, so one task drives it and forwards them.
-        let (tx, mut rx) = mpsc::unbounded_channel::<Result<Notification, tokio_postgres::Error>>();
-        let driver = tokio::spawn(async move {
-            while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
-                match message {
-                    Ok(AsyncMessage::Notification(n)) => {
-                        if tx.send(Ok(n)).is_err() {
+        // of the same poll, so one task drives it and forwards them, never waiting for room.
+        let (tx, mut rx) = mpsc::channel::<Notification>(self.buffer.max(1));
+        let (ended_tx, ended) = oneshot::channel::<tokio_postgres::Error>();
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let driver = tokio::spawn({
+            let (overflowed, metrics) = (overflowed.clone(), self.metrics.clone());
+            async move {
+                while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
+                    match message {
+                        Ok(AsyncMessage::Notification(n)) => match tx.try_send(n) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                metrics.notifications.inc();
+                                metrics.notifications_dropped.inc();
+                                overflowed.store(true, Ordering::SeqCst);
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        },
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = ended_tx.send(e);
                             return;
                         }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
                     }
                 }
             }
         });
         let _abort_driver = AbortOnDrop(driver);
+        let mut ended = std::pin::pin!(ended);
 
         let listen = format!("LISTEN {}", quote_ident(&self.source.channel));
         tokio::select! {
@@ -123,15 +144,37 @@ impl Listener {
         // from the table. Their inboxes get this before any notification received from now on.
         self.delivery.resync_all();
 
+        let overflow_warnings = RateLimiter::direct(
+            Quota::with_period(Duration::from_secs(10))
+                .expect("a non-zero period")
+                .allow_burst(NonZeroU32::MIN),
+        );
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Ok(()),
                 message = rx.recv() => match message {
-                    Some(Ok(notification)) => self.on_notification(&notification).await,
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Err(SessionEnd::Closed),
+                    Some(notification) => {
+                        self.on_notification(&notification).await;
+                        if overflowed.swap(false, Ordering::SeqCst) {
+                            // Notifications were dropped, for any thread: every live thread reads
+                            // the table (each at most once per repair interval, coalesced).
+                            if overflow_warnings.check().is_ok() {
+                                tracing::warn!(
+                                    "notifications came faster than they could be taken; every \
+                                     live thread reads the table instead \
+                                     (threadcast_notifications_dropped_total counts them)"
+                                );
+                            }
+                            self.delivery.resync_all();
+                        }
+                    }
+                    // The driver is gone: the connection ended, with its error if it had one.
+                    None => return Err(match ended.as_mut().await {
+                        Ok(error) => error.into(),
+                        Err(_) => SessionEnd::Closed,
+                    }),
                 },
                 _ = ping.tick() => {
                     match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {

@@ -22,6 +22,12 @@ pub struct Metrics {
     pub notifications: Counter,
     /// Notifications dropped as not genuine: a bad or missing signature, or no payload at all.
     pub notifications_rejected: Counter,
+    /// Genuine notifications that claimed nothing new for their thread (a replay, a duplicate, a
+    /// seq a pending repair covers): dropped without waking the thread's task.
+    pub notifications_stale: Counter,
+    /// Notifications dropped because the listener's buffer was full; each overflow makes every
+    /// live thread read the table instead.
+    pub notifications_dropped: Counter,
     /// Times the LISTEN connection was re-established after it dropped.
     pub reconnects: Counter,
     /// Holes in a thread's sequence (missed notifications) repaired from the table.
@@ -53,6 +59,14 @@ impl Metrics {
             "threadcast_notifications_rejected",
             "Notifications dropped because their signature did not verify or they were malformed",
         );
+        let notifications_stale = counter(
+            "threadcast_notifications_stale",
+            "Genuine notifications that claimed nothing new for their thread (replays, duplicates)",
+        );
+        let notifications_dropped = counter(
+            "threadcast_notifications_dropped",
+            "Notifications dropped because the listener's buffer was full (every live thread then reads the table)",
+        );
         let reconnects = counter(
             "threadcast_listener_reconnects",
             "Times the LISTEN connection was re-established after it dropped",
@@ -81,6 +95,8 @@ impl Metrics {
             events_delivered,
             notifications,
             notifications_rejected,
+            notifications_stale,
+            notifications_dropped,
             reconnects,
             gap_fills,
             row_fetches,

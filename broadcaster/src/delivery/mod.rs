@@ -3,18 +3,20 @@
 //! large for NOTIFY) and whenever the stream joined.
 //!
 //! The path is `listener → delivery → stream`: the listener hands each notification to
-//! [`Delivery::notify`]; [`trust`] decides what it is trusted for; the [`registry`] routes it to
-//! its thread's task ([`thread`]), which forwards it, or repairs from the [`Store`] what it cannot
-//! carry, into each subscriber's bounded queue ([`queue`]); a stream's [`Feed`] does the
-//! subscribe/catch-up hand-over ([`handover`]) and yields the events to write. Seq bookkeeping and
-//! table paging are [`cursor`]'s.
+//! [`Delivery::notify`]; [`trust`] decides what it is trusted for; the [`registry`] offers it to
+//! its thread's [`inbox`], which keeps what it is worth (bounded, coalesced); the thread's task
+//! ([`thread`]) forwards it, or repairs from the [`Store`] what it cannot carry, into each
+//! subscriber's bounded queue ([`queue`]); a stream's [`Feed`] does the subscribe/catch-up
+//! hand-over ([`handover`]) and yields the events to write. Seq bookkeeping and table paging are
+//! [`cursor`]'s.
 //!
-//! Module graph (no cycles): `mod → {registry, thread, trust, handover, subscription}`,
-//! `thread → {registry, cursor, trust, msg, queue}`, `handover → {cursor, subscription}`,
-//! `subscription → {registry, msg, queue}`, `registry → {msg, queue}`.
+//! Module graph (no cycles): `mod → {registry, thread, trust, handover, subscription, inbox}`,
+//! `thread → {registry, cursor, trust, msg, inbox, queue}`, `handover → {cursor, subscription}`,
+//! `subscription → {registry, msg, queue}`, `registry → {inbox, msg}`, `inbox → msg`.
 
 mod cursor;
 mod handover;
+mod inbox;
 mod msg;
 pub(crate) mod queue;
 mod registry;
@@ -41,7 +43,8 @@ pub(crate) use thread::backoff;
 use crate::metrics::Metrics;
 use crate::source::Source;
 use crate::store::{Store, StoreError, PAGE_ROWS};
-use msg::ThreadMsg;
+use inbox::Offered;
+use msg::Control;
 use registry::Registry;
 use thread::ThreadContext;
 use trust::{Trust, Verdict};
@@ -55,6 +58,9 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Rows per table read.
     pub page_rows: i32,
+    /// The shortest time between two repairs of one thread: the notices that arrive meanwhile
+    /// coalesce into the next one.
+    pub repair_interval: Duration,
 }
 
 impl Default for Settings {
@@ -63,9 +69,15 @@ impl Default for Settings {
             subscriber_buffer: 256,
             max_backoff: Duration::from_secs(5),
             page_rows: PAGE_ROWS,
+            repair_interval: REPAIR_INTERVAL,
         }
     }
 }
+
+/// The default [`Settings::repair_interval`]: a hot keys-only thread is read at most 20 times a
+/// second, each read bringing every row since the last; a quiet thread's first repair is
+/// immediate.
+pub const REPAIR_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The delivery core of one served source. Cheap to clone.
 #[derive(Clone)]
@@ -97,6 +109,7 @@ impl Delivery {
                 subscriber_buffer: settings.subscriber_buffer.max(1),
                 page_rows: settings.page_rows.max(1),
                 max_backoff: settings.max_backoff,
+                repair_interval: settings.repair_interval,
                 shutdown,
                 tasks,
             }),
@@ -110,14 +123,14 @@ impl Delivery {
     /// [`Subscription::joined`] tells from which seq on it receives every change.
     pub fn subscribe(&self, thread: &str) -> Subscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (events_tx, events) = queue::queue(Some(self.ctx.subscriber_buffer));
+        let (events_tx, events) = queue::queue(self.ctx.subscriber_buffer);
         let (joined_tx, joined) = oneshot::channel();
         let ctx = &self.ctx;
-        let key = ctx.registry.send_or_spawn(
+        let key = ctx.registry.control_or_spawn(
             thread,
             !ctx.shutdown.is_cancelled(),
             |key| thread::spawn(ctx.clone(), key),
-            ThreadMsg::Subscribe {
+            Control::Subscribe {
                 id,
                 events: events_tx,
                 joined: joined_tx,
@@ -147,13 +160,29 @@ impl Delivery {
     pub async fn notify(&self, channel: &str, payload: &str) {
         let mut verdict = self.trust.admit(channel, payload);
         if let Verdict::Reject(PayloadError::UnknownKey(_)) = verdict {
-            if self.key_reads.check().is_ok() && self.refresh_keys().await.is_ok() {
-                verdict = self.trust.admit(channel, payload);
+            if self.key_reads.check().is_ok() {
+                if let Ok(changed) = self.reload_keys().await {
+                    verdict = self.trust.admit(channel, payload);
+                    if changed {
+                        // A key made since the last read: genuine notifications signed with it
+                        // may have been refused before this one (the re-read waits its turn, once
+                        // a second), so every live thread reads what they said from the table.
+                        self.resync_all();
+                    }
+                }
             }
         }
         match verdict {
             Verdict::Admit(thread, notice) => {
-                self.ctx.registry.send(&thread, ThreadMsg::Notice(notice))
+                let metrics = &self.ctx.metrics;
+                let counter = match self.ctx.registry.offer(&thread, notice) {
+                    Some(Offered::Fetch) => &metrics.row_fetches,
+                    Some(Offered::Hole) => &metrics.gap_fills,
+                    Some(Offered::Stale) => &metrics.notifications_stale,
+                    // No task: nobody follows the thread, and a later subscriber reads the table.
+                    Some(Offered::Ready | Offered::Closed) | None => return,
+                };
+                counter.inc();
             }
             Verdict::Ignore => {}
             Verdict::Reject(error) => {
@@ -166,18 +195,22 @@ impl Delivery {
     /// Reads the signing keys from the store (each time the LISTEN connection is established,
     /// and when a notification names a key not known yet).
     pub async fn refresh_keys(&self) -> Result<(), StoreError> {
+        self.reload_keys().await.map(|_| ())
+    }
+
+    /// Reads the keys; true if they changed.
+    async fn reload_keys(&self) -> Result<bool, StoreError> {
         let keys = self.ctx.store.keys().await?;
         if keys.is_empty() {
             tracing::warn!("threadcast.keys holds no key: no notification can be trusted");
         }
-        self.trust.set_keys(keys);
-        Ok(())
+        Ok(self.trust.set_keys(keys))
     }
 
     /// Asks every thread task to read what committed while notifications may have been missed
     /// (each time the LISTEN connection is (re-)established).
     pub fn resync_all(&self) {
-        self.ctx.registry.send_all(|| ThreadMsg::Resync);
+        self.ctx.registry.resync_all();
     }
 
     /// The number of threads that have a task (threads with subscribers).

@@ -36,6 +36,7 @@ async fn rig(keys_only: bool, subscriber_buffer: usize, page_rows: i32) -> Rig {
             subscriber_buffer,
             max_backoff: Duration::from_millis(400),
             page_rows,
+            ..Settings::default()
         },
         Metrics::new(),
         shutdown.clone(),
@@ -311,6 +312,132 @@ async fn resuming_streams_of_a_thread_that_did_not_change_read_nothing_but_one_b
 }
 
 #[tokio::test]
+async fn a_burst_on_a_hot_keys_only_thread_is_read_in_a_few_table_reads_not_one_per_notice() {
+    // Issue 10: every notice that was not the next one cost a `current_seq` query and a
+    // `changes` query, one after the other, and on a keys-only source that is every notice; the
+    // inbox grew meanwhile. Coalesced, a burst is read in a few pages.
+    let rig = rig(true, 2000, 1000).await;
+    let thread = rig.store.create_thread("t");
+    let mut feed = rig.delivery.feed(&thread.to_string(), Start::Live);
+    assert!(matches!(feed.next().await, Some(Step::Joined)));
+    announced(&rig, &rig.delivery, thread, 1000).await;
+
+    assert_eq!(
+        next_seqs(&mut feed, 1000).await,
+        (1..=1000).collect::<Vec<i64>>()
+    );
+    let (current_seq, changes, _) = rig.store.reads().counts();
+    assert!(
+        current_seq <= 3 && changes <= 10,
+        "1,000 keys-only notices took {current_seq} counter reads and {changes} change reads"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_replayed_notifications_read_nothing_and_the_next_reply_still_arrives() {
+    let rig = rig(false, 16, 1000).await;
+    let thread = rig.store.create_thread("t");
+    let mut feed = rig.delivery.feed(&thread.to_string(), Start::Live);
+    assert!(matches!(feed.next().await, Some(Step::Joined)));
+    let mut genuine = Vec::new();
+    for i in 1..=10 {
+        let (_, payload) = rig.store.insert(thread, &format!("reply {i}"));
+        rig.delivery.notify(CHANNEL, &payload).await;
+        genuine.push(payload);
+    }
+    assert_eq!(next_seqs(&mut feed, 10).await.last(), Some(&10));
+    let reads = rig.store.reads().counts();
+
+    // Anyone may LISTEN, keep genuine notifications and send them again.
+    for _ in 0..10_000 {
+        for payload in &genuine {
+            rig.delivery.notify(CHANNEL, payload).await;
+        }
+    }
+    announced(&rig, &rig.delivery, thread, 1).await;
+
+    assert_eq!(next_seqs(&mut feed, 1).await, [11]);
+    assert_eq!(rig.store.reads().counts(), reads, "replays read nothing");
+    assert!(
+        rig.delivery
+            .ctx
+            .metrics
+            .render()
+            .contains("threadcast_notifications_stale_total 100000"),
+        "each replay is counted as stale"
+    );
+}
+
+#[tokio::test]
+async fn notices_past_the_counter_read_it_at_most_once_per_repair_interval() {
+    // Signed notices (a leaked key, or a bug) that claim numbers the thread has not handed out:
+    // each used to cost a counter read. Coalesced and rate-limited, a thousand cost a few, and
+    // the thread is not silenced.
+    let rig = rig(false, 16, 1000).await;
+    let thread = rig.store.create_thread("t");
+    let mut feed = rig.delivery.feed(&thread.to_string(), Start::Live);
+    assert!(matches!(feed.next().await, Some(Step::Joined)));
+    for seq in 1_000_000..1_001_000 {
+        rig.delivery
+            .notify(CHANNEL, &forged_insert(thread, seq))
+            .await;
+    }
+    let (_, payload) = rig.store.insert(thread, "real");
+    rig.delivery.notify(CHANNEL, &payload).await;
+
+    let (seq, _, data) = parts(&next_event(&mut feed).await);
+    assert_eq!((seq, data["content"].as_str()), (1, Some("real")));
+    let (current_seq, _, _) = rig.store.reads().counts();
+    assert!(
+        current_seq <= 3,
+        "1,000 claims past the counter cost {current_seq} counter reads"
+    );
+}
+
+#[tokio::test]
+async fn a_notification_refused_before_a_new_key_was_read_is_read_from_the_table() {
+    // After `rotate_key()`, the first notifications signed with the new key name a key delivery
+    // has not read yet. It reads the keys again, but at most once a second (forged key ids must
+    // not become a query storm): what it refused meanwhile is genuine, and must not be lost for a
+    // thread that changes no more.
+    let rig = rig(false, 16, 1000).await;
+    let (quiet, busy) = (
+        rig.store.create_thread("quiet"),
+        rig.store.create_thread("busy"),
+    );
+    let mut on_quiet = rig.delivery.feed(&quiet.to_string(), Start::Live);
+    assert!(matches!(on_quiet.next().await, Some(Step::Joined)));
+    let mut on_busy = rig.delivery.feed(&busy.to_string(), Start::Live);
+    assert!(matches!(on_busy.next().await, Some(Step::Joined)));
+    // A forged key id takes this second's read of the keys.
+    let forged = Payload::decode(&forged_insert(quiet, 1))
+        .map(|p| Payload { kid: Some(99), ..p })
+        .unwrap()
+        .sign(&threadcast_payload::Key {
+            id: 99,
+            secret: [9; threadcast_payload::KEY_BYTES],
+        })
+        .unwrap();
+    rig.delivery.notify(CHANNEL, &forged).await;
+
+    rig.store.rotate_key();
+    let (_, refused) = rig.store.insert(quiet, "signed with the new key, refused");
+    rig.delivery.notify(CHANNEL, &refused).await;
+    // The next read of the keys is allowed a second after the last: a rate, not a condition to
+    // await.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, admitted) = rig.store.insert(busy, "signed with the new key, admitted");
+    rig.delivery.notify(CHANNEL, &admitted).await;
+
+    assert_eq!(next_event(&mut on_busy).await.seq, 1);
+    let (seq, _, data) = parts(&next_event(&mut on_quiet).await);
+    assert_eq!(
+        (seq, data["content"].as_str()),
+        (1, Some("signed with the new key, refused"))
+    );
+}
+
+#[tokio::test]
 async fn a_hole_and_a_left_out_row_are_read_from_the_table() {
     let rig = rig(true, 16, 2).await;
     let thread = rig.store.create_thread("t");
@@ -336,6 +463,26 @@ async fn a_hole_and_a_left_out_row_are_read_from_the_table() {
     assert_eq!(got[3].1, "announced", "the row comes from the table");
 }
 
+/// A row-less insert notice for `seq` of `thread`, signed with the store's key as if it were
+/// genuine.
+fn forged_insert(thread: Uuid, seq: i64) -> String {
+    Payload {
+        v: FORMAT_VERSION,
+        op: PayloadOp::Insert,
+        table: "public.feedback_replies".into(),
+        src: Some(MemStore::source(false).oid),
+        thread: thread.to_string().into(),
+        seq,
+        id: "x".into(),
+        row: None,
+        omitted: Some(Omitted::TooLarge),
+        kid: None,
+        sig: None,
+    }
+    .sign(&MemStore::KEY)
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_forged_number_far_ahead_does_not_silence_the_thread() {
     let rig = rig(false, 16, 1000).await;
@@ -344,21 +491,7 @@ async fn a_forged_number_far_ahead_does_not_silence_the_thread() {
     assert!(matches!(feed.next().await, Some(Step::Joined)));
     // Signed with the store's own key: even a notification that verifies is trusted for no
     // number past the thread's counter.
-    let forged = Payload {
-        v: FORMAT_VERSION,
-        op: PayloadOp::Insert,
-        table: "public.feedback_replies".into(),
-        src: Some(MemStore::source(false).oid),
-        thread: thread.to_string().into(),
-        seq: 1_000_000,
-        id: "x".into(),
-        row: None,
-        omitted: Some(Omitted::TooLarge),
-        kid: None,
-        sig: None,
-    }
-    .sign(&MemStore::KEY)
-    .unwrap();
+    let forged = forged_insert(thread, 1_000_000);
     rig.delivery.notify(CHANNEL, &forged).await;
     let (_, payload) = rig.store.insert(thread, "real");
     rig.delivery.notify(CHANNEL, &payload).await;
@@ -608,6 +741,7 @@ async fn run_interleaving(
                 subscriber_buffer: buffer,
                 max_backoff: Duration::from_millis(400),
                 page_rows,
+                ..Settings::default()
             },
             Metrics::new(),
             rig.shutdown.clone(),

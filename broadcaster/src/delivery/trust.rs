@@ -63,9 +63,12 @@ impl Trust {
         }
     }
 
-    /// Replaces the keys notifications are checked with.
-    pub fn set_keys(&self, keys: KeyRing) {
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    /// Replaces the keys notifications are checked with; true if they changed.
+    pub fn set_keys(&self, keys: KeyRing) -> bool {
+        let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != keys;
+        *current = keys;
+        changed
     }
 
     /// Judges a notification on `channel` carrying `text`.

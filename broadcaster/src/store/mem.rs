@@ -28,6 +28,8 @@ pub struct MemStore {
     /// Where each change's notification goes, when someone listens.
     notify: Option<mpsc::UnboundedSender<String>>,
     reads: Reads,
+    /// The keys of `threadcast.keys`; the last one signs.
+    keys: Mutex<Vec<Key>>,
 }
 
 /// How many reads of each kind a [`MemStore`] has answered (or refused while down): what tests
@@ -101,6 +103,7 @@ impl MemStore {
             state: Mutex::new(State::default()),
             notify: None,
             reads: Reads::default(),
+            keys: Mutex::new(vec![MemStore::KEY]),
         }
     }
 
@@ -128,6 +131,23 @@ impl MemStore {
     fn state(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state whole; a panic in a test does not change that.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes a new signing key current, as `threadcast.rotate_key()` does; older keys still
+    /// verify. Returns its id.
+    pub fn rotate_key(&self) -> u32 {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let id = keys.last().map_or(1, |k| k.id + 1);
+        keys.push(Key {
+            id,
+            secret: [id as u8; KEY_BYTES],
+        });
+        id
+    }
+
+    fn signing_key(&self) -> Key {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.last().cloned().unwrap_or(MemStore::KEY)
     }
 
     /// The reads answered so far, by kind.
@@ -209,7 +229,7 @@ impl MemStore {
         };
         self.send(
             payload
-                .sign(&MemStore::KEY)
+                .sign(&self.signing_key())
                 .expect("a delete's payload fits"),
         )
     }
@@ -247,7 +267,7 @@ impl MemStore {
         };
         self.send(
             payload
-                .sign(&MemStore::KEY)
+                .sign(&self.signing_key())
                 .expect("a row-less payload fits"),
         )
         .expect("sent")
@@ -402,7 +422,8 @@ impl Store for MemStore {
     }
 
     fn keys(&self) -> BoxFuture<'_, Result<KeyRing, StoreError>> {
-        let keys = self.read(|_| KeyRing::new([MemStore::KEY]));
+        let keys = self
+            .read(|_| KeyRing::new(self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()));
         async move { keys }.boxed()
     }
 
