@@ -12,6 +12,7 @@ mod dockerfile_pins;
 mod event_source;
 mod extension_delivery;
 mod faults;
+mod flood;
 mod forged;
 mod hostile_http;
 mod hostile_sql;
