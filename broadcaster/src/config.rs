@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::{Pins, MIN_SECRET_BYTES};
 use crate::rate::{Rate, RateSpec};
 
 /// Everything the library needs to serve. Tests build one with [`Config::new`] and adjust fields;
@@ -14,8 +15,11 @@ use crate::rate::{Rate, RateSpec};
 pub struct Config {
     /// libpq-style connection string or URL of the database with the `threadcast` extension.
     pub database_url: String,
-    /// The HS256 secret that widget tokens are signed with.
+    /// The HS256 secret that widget tokens are signed with (at least
+    /// [`MIN_SECRET_BYTES`](crate::auth::MIN_SECRET_BYTES), or the broadcaster refuses to start).
     pub jwt_secret: Secret,
+    /// The issuer and audience every token must name, if any.
+    pub jwt_pins: Pins,
     /// The table to serve, as `threadcast.enable()` registered it (`schema.table`).
     pub source: String,
     /// How long a stream may stay silent before a comment line keeps it alive.
@@ -26,6 +30,11 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Open streams beyond this number are refused with 503.
     pub max_connections: usize,
+    /// Open streams of one token subject (its `sub`, or its thread and role) beyond this number
+    /// are refused with 429.
+    pub max_streams_per_subject: usize,
+    /// Open streams of one thread beyond this number are refused with 429.
+    pub max_streams_per_thread: usize,
     /// Events one subscriber may have queued before it is disconnected as too slow.
     pub subscriber_buffer: usize,
     /// Connections of the pool used for catch-up, gap repair and omitted rows.
@@ -52,11 +61,14 @@ impl Config {
         Config {
             database_url: database_url.into(),
             jwt_secret: Secret(jwt_secret.into()),
+            jwt_pins: Pins::default(),
             source: DEFAULT_SOURCE.to_owned(),
             heartbeat: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
             retry: Duration::from_millis(2000),
             allowed_origins: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_subject: DEFAULT_MAX_STREAMS_PER_SUBJECT,
+            max_streams_per_thread: DEFAULT_MAX_STREAMS_PER_THREAD,
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
             fetch_pool_size: DEFAULT_FETCH_POOL_SIZE,
             listener_buffer: DEFAULT_LISTENER_BUFFER,
@@ -72,6 +84,8 @@ impl Config {
 const DEFAULT_SOURCE: &str = "public.feedback_replies";
 const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_MAX_STREAMS_PER_SUBJECT: usize = 32;
+const DEFAULT_MAX_STREAMS_PER_THREAD: usize = 256;
 const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
 const DEFAULT_FETCH_POOL_SIZE: usize = 4;
 const DEFAULT_LISTENER_BUFFER: usize = 1024;
@@ -119,10 +133,30 @@ impl SecretArgs {
             }
             (None, None) => Vec::new(),
         };
-        if secret.is_empty() {
-            return Err(ConfigError::EmptySecret);
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(ConfigError::ShortSecret(secret.len()));
         }
         Ok(Secret(secret))
+    }
+}
+
+/// What every token must name besides its thread: `iss` and `aud`, each optional.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PinArgs {
+    /// Tokens must carry this `iss` claim (and `token` writes it).
+    #[arg(long, env = "THREADCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Tokens must carry this `aud` claim (and `token` writes it).
+    #[arg(long, env = "THREADCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+impl PinArgs {
+    pub fn pins(&self) -> Pins {
+        Pins {
+            issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
+            audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+        }
     }
 }
 
@@ -138,6 +172,8 @@ pub struct ServeArgs {
     pub addr: SocketAddr,
     #[command(flatten)]
     pub secret: SecretArgs,
+    #[command(flatten)]
+    pub pins: PinArgs,
     /// The table to serve, as registered in threadcast.sources.
     #[arg(long, env = "THREADCAST_SOURCE", default_value = DEFAULT_SOURCE)]
     pub source: String,
@@ -151,6 +187,15 @@ pub struct ServeArgs {
     /// The most streams open at once; more are refused with 503.
     #[arg(long, env = "THREADCAST_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// The most streams open at once for one token subject (its `sub` claim, or its thread and
+    /// role); more are refused with 429.
+    #[arg(long, env = "THREADCAST_MAX_STREAMS_PER_SUBJECT", default_value_t = DEFAULT_MAX_STREAMS_PER_SUBJECT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_streams_per_subject: usize,
+    /// The most streams open at once on one thread; more are refused with 429.
+    #[arg(long, env = "THREADCAST_MAX_STREAMS_PER_THREAD", default_value_t = DEFAULT_MAX_STREAMS_PER_THREAD,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_streams_per_thread: usize,
     /// Events a subscriber may have queued before it is disconnected as too slow (it then resumes).
     #[arg(long, env = "THREADCAST_SUBSCRIBER_BUFFER", default_value_t = DEFAULT_SUBSCRIBER_BUFFER,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -186,6 +231,7 @@ impl ServeArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let database_url = self.database_url.ok_or(ConfigError::MissingDatabaseUrl)?;
         let mut config = Config::new(database_url, self.secret.resolve()?.0);
+        config.jwt_pins = self.pins.pins();
         config.source = self.source;
         config.heartbeat = Duration::from_secs(self.heartbeat_secs);
         config.allowed_origins = self
@@ -195,6 +241,8 @@ impl ServeArgs {
             .filter(|o| !o.is_empty())
             .collect();
         config.max_connections = self.max_connections;
+        config.max_streams_per_subject = self.max_streams_per_subject;
+        config.max_streams_per_thread = self.max_streams_per_thread;
         config.subscriber_buffer = self.subscriber_buffer;
         config.fetch_pool_size = self.fetch_pool_size;
         config.listener_buffer = self.listener_buffer;
@@ -216,8 +264,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the JWT secret is empty")]
-    EmptySecret,
+    #[error("the JWT secret is {0} bytes long; it must be at least {MIN_SECRET_BYTES} (make one with `openssl rand -base64 32`)")]
+    ShortSecret(usize),
     #[error("DATABASE_URL is required")]
     MissingDatabaseUrl,
 }

@@ -10,6 +10,7 @@
 //! [`store::MemStore`] with which the whole HTTP API is tested without a database.
 
 pub mod auth;
+pub mod caps;
 pub mod config;
 pub mod delivery;
 pub mod demo;
@@ -47,7 +48,8 @@ pub use crate::config::Config;
 pub use crate::error::ApiError;
 pub use threadcast_payload::APPLICATION_NAME;
 
-use crate::auth::Keys;
+use crate::auth::{Keys, MIN_SECRET_BYTES};
+use crate::caps::StreamCaps;
 use crate::delivery::{Delivery, Settings};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
@@ -73,6 +75,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
     streams: Arc<Semaphore>,
+    /// Open streams per token subject and per thread.
+    caps: Arc<StreamCaps>,
 }
 
 impl AppState {
@@ -104,7 +108,11 @@ impl AppState {
             streams: Arc::new(Semaphore::new(
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),
-            keys: Arc::new(Keys::new(&config.jwt_secret.0)),
+            keys: Arc::new(Keys::pinned(&config.jwt_secret.0, config.jwt_pins.clone())),
+            caps: Arc::new(StreamCaps::new(
+                config.max_streams_per_subject,
+                config.max_streams_per_thread,
+            )),
             replies: Arc::new(Replies::new(&config)),
             config: Arc::new(config),
             store,
@@ -135,6 +143,8 @@ pub enum StartError {
     Source(#[from] SourceError),
     #[error("allowed origin {0:?} is not a valid origin")]
     Origin(String),
+    #[error("the JWT secret is {0} bytes long; it must be at least {MIN_SECRET_BYTES} (make one with `openssl rand -base64 32`)")]
+    ShortSecret(usize),
     #[error("serving failed")]
     Serve(#[from] std::io::Error),
 }
@@ -184,6 +194,9 @@ impl Broadcaster {
     /// Connects to the database, looks the source up (a missing source is an error here, not
     /// later), and starts listening. Everything stops when `shutdown` fires.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        if config.jwt_secret.0.len() < MIN_SECRET_BYTES {
+            return Err(StartError::ShortSecret(config.jwt_secret.0.len()));
+        }
         for origin in &config.allowed_origins {
             if HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
                 return Err(StartError::Origin(origin.clone()));

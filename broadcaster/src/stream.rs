@@ -1,5 +1,6 @@
 //! `GET /api/widget/stream?feedbackId=<uuid>`: one thread's changes as Server-Sent Events. This
-//! module is the HTTP side (parameters, auth, the connection limit, the frames); what the stream
+//! module is the HTTP side (parameters, auth, the caps per subject and thread, the connection
+//! limit, the frames); what the stream
 //! carries, and the hand-over from the table to live events, is [`delivery`](crate::delivery)'s.
 
 use std::time::Duration;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 pub use crate::delivery::Start;
 
 use crate::auth::Authenticated;
+use crate::caps::Held;
 use crate::delivery::{Feed, Step};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -107,12 +109,13 @@ async fn stream_thread(
             "this token is for another thread".into(),
         ));
     }
+    let held = state.caps.hold(&claims)?;
     let permit = state
         .streams
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Unavailable("too many open streams; try again later".into()))?;
-    let slot = Slot::open(permit, state.metrics.clone());
+    let slot = Slot::open(permit, held, state.metrics.clone());
     let feed = state
         .delivery
         .feed(&params.feedback_id.to_string(), params.start);
@@ -132,17 +135,20 @@ async fn stream_thread(
     Ok(sse::response(frames))
 }
 
-/// Holds one of the `max_connections` places for as long as the stream lives.
+/// Holds one of the `max_connections` places, and the stream's places under its subject's and
+/// thread's caps, for as long as the stream lives.
 struct Slot {
     _permit: OwnedSemaphorePermit,
+    _held: Held,
     metrics: Metrics,
 }
 
 impl Slot {
-    fn open(permit: OwnedSemaphorePermit, metrics: Metrics) -> Self {
+    fn open(permit: OwnedSemaphorePermit, held: Held, metrics: Metrics) -> Self {
         metrics.open_streams.inc();
         Slot {
             _permit: permit,
+            _held: held,
             metrics,
         }
     }

@@ -140,7 +140,7 @@ async fn each_client_mistake_is_answered_with_its_status_and_a_json_error() {
     let expired = keys.sign(&Claims {
         feedback_id: thread,
         exp: now() - 3600,
-        role: Role::EndUser,
+        ..Claims::default()
     });
     let badly_signed =
         Keys::new(b"another secret").mint(thread, Duration::from_secs(60), Role::EndUser);

@@ -16,7 +16,7 @@ use crate::sse::{Refused, SseStream};
 use crate::subscriber::Subscriber;
 
 /// The secret test servers sign tokens with.
-pub const SECRET: &[u8] = b"threadcast-test-secret";
+pub const SECRET: &[u8] = b"threadcast-test-secret-of-32-bytes-at-least";
 
 /// A running broadcaster. Dropping it shuts it down.
 pub struct TestServer {

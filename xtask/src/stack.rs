@@ -59,7 +59,7 @@ impl Stack {
             broadcaster_url: cluster.uri(db, "threadcast_broadcaster"),
             url: cluster.uri(db, "postgres"),
             cluster,
-            secret: format!("bench-secret-{}", std::process::id()),
+            secret: format!("bench-secret-of-32-bytes-or-more-{}", std::process::id()),
             bin: cmd::target_dir().join("release"),
         })
     }
