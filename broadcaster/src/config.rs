@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::auth::{Pins, MIN_SECRET_BYTES};
 use crate::rate::{Rate, RateSpec};
+use crate::store::PAGE_BYTES;
 
 /// Everything the library needs to serve. Tests build one with [`Config::new`] and adjust fields;
 /// the binary builds one from [`ServeArgs`].
@@ -39,6 +40,9 @@ pub struct Config {
     pub subscriber_buffer: usize,
     /// Connections of the pool used for catch-up, gap repair and omitted rows.
     pub fetch_pool_size: usize,
+    /// Bytes of row data one table read (a catch-up page, a repair, a history) may bring; at least
+    /// one row is read whatever its size.
+    pub page_bytes: usize,
     /// Notifications the listener holds before it drops more (and every live thread reads the
     /// table instead): the bound on what a flood of NOTIFYs can make it hold.
     pub listener_buffer: usize,
@@ -72,6 +76,7 @@ impl Config {
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
             fetch_pool_size: DEFAULT_FETCH_POOL_SIZE,
             listener_buffer: DEFAULT_LISTENER_BUFFER,
+            page_bytes: PAGE_BYTES,
             max_backoff: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             max_reply_chars: DEFAULT_MAX_REPLY_CHARS,
@@ -204,6 +209,11 @@ pub struct ServeArgs {
     #[arg(long, env = "THREADCAST_FETCH_POOL_SIZE", default_value_t = DEFAULT_FETCH_POOL_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub fetch_pool_size: usize,
+    /// Bytes of row data one table read (catch-up page, repair, history) may bring per stream or
+    /// thread; one row is read whatever its size.
+    #[arg(long, env = "THREADCAST_PAGE_BYTES", default_value_t = PAGE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..))]
+    pub page_bytes: usize,
     /// Notifications held before more are dropped (every live thread then reads the table): a
     /// flood of NOTIFYs costs at most this many payloads of memory.
     #[arg(long, env = "THREADCAST_LISTENER_BUFFER", default_value_t = DEFAULT_LISTENER_BUFFER,
@@ -246,6 +256,7 @@ impl ServeArgs {
         config.subscriber_buffer = self.subscriber_buffer;
         config.fetch_pool_size = self.fetch_pool_size;
         config.listener_buffer = self.listener_buffer;
+        config.page_bytes = self.page_bytes;
         config.max_reply_chars = self.max_reply_chars;
         config.reply_rate = match self.reply_rate {
             RateSpec::Off => None,

@@ -98,6 +98,7 @@ impl AppState {
             Settings {
                 subscriber_buffer: config.subscriber_buffer,
                 max_backoff: config.max_backoff,
+                page_bytes: config.page_bytes,
                 ..Settings::default()
             },
             metrics.clone(),

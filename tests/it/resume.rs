@@ -144,3 +144,44 @@ async fn a_live_stream_that_drops_before_its_first_event_resumes_from_where_it_j
     assert_eq!(connects, [2], "it reconnected once, to the new broadcaster");
     drop(server);
 }
+
+#[tokio::test]
+async fn a_catch_up_of_large_rows_is_read_in_pages_bounded_by_bytes_and_loses_nothing() {
+    // Each page of the catch-up stops at `page_bytes` of row data (the SQL cuts it, not the
+    // broadcaster), so a resuming client reads many pages; none may lose or double a change.
+    let db = TestDb::new().await;
+    let server = TestServer::start_with(&db, |c| c.page_bytes = 16 * 1024).await;
+    let thread = db.create_thread().await;
+    let mut replies = Vec::new();
+    for i in 0..40 {
+        let size = [100, 5_000, 20_000][i % 3];
+        replies.push(db.insert_reply(thread, &"y".repeat(size)).await);
+    }
+    db.delete_reply(replies[7]).await;
+    db.update_reply(replies[3], &"z".repeat(30_000)).await;
+
+    let mut resumed = server
+        .open_with(thread, "", Some(0))
+        .await
+        .expect("resume from the start");
+    let owed = db.current_seq(thread).await;
+    let mut events = Vec::new();
+    while events
+        .last()
+        .is_none_or(|e: &threadcast_tests::SseEvent| e.seq() < owed)
+    {
+        events.push(resumed.next_event().await);
+    }
+    threadcast_tests::assert_exactly_once("a catch-up in pages of 16 KB", &events, &db, thread)
+        .await;
+    let mut history = server
+        .open_with(thread, "&history=500", None)
+        .await
+        .expect("history");
+    let first = history.next_event().await;
+    assert!(
+        first.seq() > 30,
+        "a history holds the newest replies that fit 16 KB, from {}",
+        first.seq()
+    );
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::cursor::{Cursor, Pages};
 use super::subscription::Subscription;
 use crate::sse::Event;
-use crate::store::{Store, StoreError};
+use crate::store::{PageSize, Store, StoreError};
 
 /// Where a new stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub struct Feed {
     store: Arc<dyn Store>,
     subscription: Subscription,
     start: Start,
-    page_rows: i32,
+    page: PageSize,
     /// The highest seq passed on; live events at or below it are duplicates.
     cursor: Cursor,
     pending: VecDeque<Event>,
@@ -64,13 +64,13 @@ impl Feed {
         store: Arc<dyn Store>,
         subscription: Subscription,
         start: Start,
-        page_rows: i32,
+        page: PageSize,
     ) -> Self {
         Feed {
             store,
             subscription,
             start,
-            page_rows,
+            page,
             cursor: Cursor::default(),
             pending: VecDeque::new(),
             phase: Phase::Joining,
@@ -115,12 +115,7 @@ impl Feed {
                             if n >= joined_at {
                                 Phase::Live
                             } else {
-                                Phase::CatchUp(Pages::new(
-                                    thread,
-                                    n,
-                                    Some(joined_at),
-                                    self.page_rows,
-                                ))
+                                Phase::CatchUp(Pages::new(thread, n, Some(joined_at), self.page))
                             }
                         }
                         Start::History(n) => Phase::History(n),
@@ -129,7 +124,8 @@ impl Feed {
                 }
                 Phase::History(n) => {
                     let n = *n;
-                    let rows = read(self.store.latest(self.subscription.thread(), n)).await?;
+                    let thread = self.subscription.thread();
+                    let rows = read(self.store.latest_within(thread, n, self.page.bytes)).await?;
                     // Replies after the join point reach this feed live, in order with every
                     // other change after it; taken from the history they would put the cursor
                     // past changes still to come live, which would then be dropped as sent.

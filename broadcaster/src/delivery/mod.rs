@@ -42,7 +42,7 @@ pub(crate) use thread::backoff;
 
 use crate::metrics::Metrics;
 use crate::source::Source;
-use crate::store::{Store, StoreError, PAGE_ROWS};
+use crate::store::{PageSize, Store, StoreError, PAGE_BYTES, PAGE_ROWS};
 use inbox::Offered;
 use msg::Control;
 use registry::Registry;
@@ -58,6 +58,8 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// Rows per table read.
     pub page_rows: i32,
+    /// Bytes of row data per table read (a read brings at least one row).
+    pub page_bytes: usize,
     /// The shortest time between two repairs of one thread: the notices that arrive meanwhile
     /// coalesce into the next one.
     pub repair_interval: Duration,
@@ -69,6 +71,7 @@ impl Default for Settings {
             subscriber_buffer: 256,
             max_backoff: Duration::from_secs(5),
             page_rows: PAGE_ROWS,
+            page_bytes: PAGE_BYTES,
             repair_interval: REPAIR_INTERVAL,
         }
     }
@@ -107,7 +110,10 @@ impl Delivery {
                 registry: Arc::new(Registry::default()),
                 metrics,
                 subscriber_buffer: settings.subscriber_buffer.max(1),
-                page_rows: settings.page_rows.max(1),
+                page: PageSize {
+                    rows: settings.page_rows.max(1),
+                    bytes: settings.page_bytes.max(1),
+                },
                 max_backoff: settings.max_backoff,
                 repair_interval: settings.repair_interval,
                 shutdown,
@@ -151,7 +157,7 @@ impl Delivery {
             self.ctx.store.clone(),
             self.subscribe(thread),
             start,
-            self.ctx.page_rows,
+            self.ctx.page,
         )
     }
 

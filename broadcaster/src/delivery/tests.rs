@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::*;
-use crate::store::MemStore;
+use crate::store::{MemStore, PAGE_BYTES};
 
 const CHANNEL: &str = "threadcast";
 
@@ -434,6 +434,52 @@ async fn a_notification_refused_before_a_new_key_was_read_is_read_from_the_table
     assert_eq!(
         (seq, data["content"].as_str()),
         (1, Some("signed with the new key, refused"))
+    );
+}
+
+#[tokio::test]
+async fn catch_up_repairs_and_history_hold_a_page_of_bytes_however_large_the_rows() {
+    // Issue 10: a resuming stream read up to 1,000 whole rows at once, and held them until its
+    // client read them. A page now stops at `page_bytes` of data (and one row past it).
+    const ROW: usize = 10 * 1024;
+    let rig = rig(true, 200, 1000).await;
+    let thread = rig.store.create_thread("t");
+    let key = thread.to_string();
+    let big = "x".repeat(ROW);
+    for _ in 0..60 {
+        rig.store.insert(thread, &big);
+    }
+    let bound = (PAGE_BYTES + ROW + 512) as u64;
+
+    let mut resumed = rig.delivery.feed(&key, Start::After(0));
+    assert_eq!(
+        next_seqs(&mut resumed, 60).await,
+        (1..=60).collect::<Vec<i64>>()
+    );
+    let mut history = rig.delivery.feed(&key, Start::History(500));
+    let got = next_seqs(&mut history, 1).await;
+    assert!(
+        got[0] > 50,
+        "the newest replies that fit a page: from {}",
+        got[0]
+    );
+    // A keys-only repair of the same rows, read after the listener lost them.
+    let mut live = rig.delivery.feed(&key, Start::Live);
+    assert!(matches!(live.next().await, Some(Step::Joined)));
+    for _ in 0..30 {
+        rig.store.insert(thread, &big);
+    }
+    announced(&rig, &rig.delivery, thread, 1).await;
+    assert_eq!(next_seqs(&mut live, 31).await.last(), Some(&91));
+
+    let largest = rig
+        .store
+        .reads()
+        .largest_page
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        largest <= bound,
+        "the largest page held {largest} bytes; a page holds {PAGE_BYTES} bytes and one row"
     );
 }
 

@@ -27,7 +27,7 @@ use super::registry::Registry;
 use super::trust;
 use crate::metrics::Metrics;
 use crate::sse::Event;
-use crate::store::{Store, StoreError};
+use crate::store::{PageSize, Store, StoreError};
 
 /// What every thread task needs, shared.
 pub(crate) struct ThreadContext {
@@ -35,8 +35,8 @@ pub(crate) struct ThreadContext {
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub subscriber_buffer: usize,
-    /// Rows per table read.
-    pub page_rows: i32,
+    /// How much one table read may bring.
+    pub page: PageSize,
     pub max_backoff: Duration,
     /// The shortest time between two repairs of one thread.
     pub repair_interval: Duration,
@@ -157,7 +157,7 @@ impl ThreadTask {
             }
             Until::End => None,
         };
-        let mut pages = Pages::new(thread, self.cursor.last(), until, ctx.page_rows);
+        let mut pages = Pages::new(thread, self.cursor.last(), until, ctx.page);
         while !pages.is_done() {
             let Some(page) = retry(&ctx, || pages.read(&*ctx.store)).await else {
                 return false;

@@ -18,7 +18,9 @@ use threadcast_payload::{Key, KeyRing, Omitted, Op, Payload, FORMAT_VERSION, KEY
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Change, ChangeBody, DemoThread, InsertError, NewReply, Store, StoreError, Stored};
+use super::{
+    Change, ChangeBody, DemoThread, InsertError, NewReply, PageSize, Store, StoreError, Stored,
+};
 use crate::source::Source;
 
 /// A reply table and its threads, in memory.
@@ -39,9 +41,16 @@ pub struct Reads {
     pub current_seq: AtomicU64,
     pub changes: AtomicU64,
     pub latest: AtomicU64,
+    /// The most bytes of data one read of changes or replies returned.
+    pub largest_page: AtomicU64,
 }
 
 impl Reads {
+    fn page(&self, changes: &[Change]) {
+        let bytes = changes.iter().map(Change::size).sum::<usize>() as u64;
+        self.largest_page.fetch_max(bytes, Ordering::Relaxed);
+    }
+
     /// (current_seq, changes, latest) so far.
     pub fn counts(&self) -> (u64, u64, u64) {
         (
@@ -329,8 +338,22 @@ impl Store for MemStore {
         until: Option<i64>,
         limit: i32,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        let page = PageSize {
+            rows: limit,
+            bytes: usize::MAX,
+        };
+        self.changes_page(thread, after, until, page)
+    }
+
+    fn changes_page<'a>(
+        &'a self,
+        thread: &'a str,
+        after: i64,
+        until: Option<i64>,
+        page: PageSize,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
         self.reads.changes.fetch_add(1, Ordering::Relaxed);
-        let page = self.read(|state| {
+        let changes = self.read(|state| {
             let Some(log) = state.threads.get(thread) else {
                 return Vec::new();
             };
@@ -338,13 +361,23 @@ impl Store for MemStore {
             if until <= after {
                 return Vec::new();
             }
+            // As PostgreSQL does: stop reading at the bound, rather than read and cut.
+            let mut bytes = 0;
             log.changes
                 .range(after + 1..=until)
-                .take(limit.max(0) as usize)
+                .take(page.rows.max(0) as usize)
                 .map(|(seq, entry)| change(thread, *seq, entry))
-                .collect()
+                .take_while(|c| {
+                    let fits = bytes < page.bytes;
+                    bytes += c.size();
+                    fits
+                })
+                .collect::<Vec<_>>()
         });
-        async move { page }.boxed()
+        if let Ok(changes) = &changes {
+            self.reads.page(changes);
+        }
+        async move { changes }.boxed()
     }
 
     fn latest<'a>(
@@ -352,11 +385,21 @@ impl Store for MemStore {
         thread: &'a str,
         n: i32,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        self.latest_within(thread, n, usize::MAX)
+    }
+
+    fn latest_within<'a>(
+        &'a self,
+        thread: &'a str,
+        n: i32,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
         self.reads.latest.fetch_add(1, Ordering::Relaxed);
         let rows = self.read(|state| {
             let Some(log) = state.threads.get(thread) else {
                 return Vec::new();
             };
+            let mut bytes = 0;
             let mut rows: Vec<Change> = log
                 .changes
                 .iter()
@@ -364,10 +407,18 @@ impl Store for MemStore {
                 .filter(|(_, entry)| matches!(entry, Entry::Row(_)))
                 .take(n.max(0) as usize)
                 .map(|(seq, entry)| change(thread, *seq, entry))
+                .take_while(|c| {
+                    let fits = bytes < max_bytes;
+                    bytes += c.size();
+                    fits
+                })
                 .collect();
             rows.reverse();
             rows
         });
+        if let Ok(rows) = &rows {
+            self.reads.page(rows);
+        }
         async move { rows }.boxed()
     }
 

@@ -16,7 +16,9 @@ use threadcast_payload::{ChangeKind, Key, KeyRing};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{Change, ChangeBody, DemoThread, InsertError, NewReply, Store, StoreError, Stored};
+use super::{
+    Change, ChangeBody, DemoThread, InsertError, NewReply, PageSize, Store, StoreError, Stored,
+};
 use crate::error::chain;
 use crate::source::Source;
 
@@ -25,6 +27,23 @@ const CHANGES_SQL: &str = "SELECT seq, kind, id, \"row\"::text FROM threadcast.c
 const LATEST_SQL: &str =
     "SELECT seq, kind, id, \"row\"::text FROM threadcast.latest($1::oid::regclass, $2::text, $3::int4)";
 const CURRENT_SEQ_SQL: &str = "SELECT threadcast.current_seq($1::oid::regclass, $2::text)";
+/// `CHANGES_SQL` stopping after the change that brings the page to `$6` bytes of data, so that
+/// no more than that (and one change) crosses the wire and sits in memory.
+const CHANGES_PAGE_SQL: &str = "SELECT seq, kind, id, row_text FROM (\
+       SELECT seq, kind, id, row_text, \
+              pg_catalog.sum(size) OVER (ORDER BY seq) - size AS before \
+         FROM (SELECT seq, kind, id, \"row\"::text AS row_text, \
+                      COALESCE(pg_catalog.octet_length(\"row\"::text), pg_catalog.octet_length(id), 0) AS size \
+                 FROM threadcast.changes($1::oid::regclass, $2::text, $3::int8, $4::int8, $5::int4)) c\
+     ) p WHERE before < $6::int8 ORDER BY seq";
+/// `LATEST_SQL` keeping the newest replies that hold `$4` bytes of data (and one more).
+const LATEST_WITHIN_SQL: &str = "SELECT seq, kind, id, row_text FROM (\
+       SELECT seq, kind, id, row_text, \
+              pg_catalog.sum(size) OVER (ORDER BY seq DESC) - size AS after \
+         FROM (SELECT seq, kind, id, \"row\"::text AS row_text, \
+                      COALESCE(pg_catalog.octet_length(\"row\"::text), 0) AS size \
+                 FROM threadcast.latest($1::oid::regclass, $2::text, $3::int4)) c\
+     ) p WHERE after < $4::int8 ORDER BY seq";
 
 /// The served table in PostgreSQL.
 pub struct PgStore {
@@ -210,6 +229,33 @@ impl Store for PgStore {
         .boxed()
     }
 
+    fn changes_page<'a>(
+        &'a self,
+        thread: &'a str,
+        after: i64,
+        until: Option<i64>,
+        page: PageSize,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        async move {
+            let bytes = i64::try_from(page.bytes).unwrap_or(i64::MAX);
+            let rows = self
+                .query(
+                    CHANGES_PAGE_SQL,
+                    &[
+                        &self.source.oid,
+                        &thread,
+                        &after,
+                        &until,
+                        &page.rows,
+                        &bytes,
+                    ],
+                )
+                .await?;
+            Ok(rows.iter().filter_map(change).collect())
+        }
+        .boxed()
+    }
+
     fn latest<'a>(
         &'a self,
         thread: &'a str,
@@ -218,6 +264,22 @@ impl Store for PgStore {
         async move {
             let rows = self
                 .query(LATEST_SQL, &[&self.source.oid, &thread, &n])
+                .await?;
+            Ok(rows.iter().filter_map(change).collect())
+        }
+        .boxed()
+    }
+
+    fn latest_within<'a>(
+        &'a self,
+        thread: &'a str,
+        n: i32,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        async move {
+            let bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+            let rows = self
+                .query(LATEST_WITHIN_SQL, &[&self.source.oid, &thread, &n, &bytes])
                 .await?;
             Ok(rows.iter().filter_map(change).collect())
         }
