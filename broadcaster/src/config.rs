@@ -51,6 +51,15 @@ pub struct Config {
     /// How long a write to a client may make no progress before its connection is closed: a
     /// client that stopped reading must not hold its place and its queue forever.
     pub write_timeout: Duration,
+    /// How long bytes sent to a client may stay unacknowledged, its receive window closed
+    /// included, before the kernel drops the connection (`TCP_USER_TIMEOUT`; keepalive probes
+    /// cover connections with nothing to send). With heartbeats, a peer that vanished from a
+    /// quiet thread is gone within `heartbeat` plus this.
+    pub dead_peer_timeout: Duration,
+    /// How long a stream may stay open before the server ends it (None: as long as it likes),
+    /// with up to a tenth less at random so that streams opened together do not end together.
+    /// EventSource reconnects and resumes exactly; a client that does not read is gone.
+    pub max_stream_age: Option<Duration>,
     /// The longest reply `POST /api/widget/replies` accepts, in characters.
     pub max_reply_chars: usize,
     /// How fast one thread's side (its end user, or its agency) may post replies; None: no limit.
@@ -79,6 +88,8 @@ impl Config {
             page_bytes: PAGE_BYTES,
             max_backoff: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            dead_peer_timeout: Duration::from_secs(DEFAULT_DEAD_PEER_SECS),
+            max_stream_age: Some(Duration::from_secs(DEFAULT_MAX_STREAM_SECS)),
             max_reply_chars: DEFAULT_MAX_REPLY_CHARS,
             reply_rate: Some(Rate::new(DEFAULT_REPLY_PER_SECOND, DEFAULT_REPLY_BURST)),
             demo: false,
@@ -89,6 +100,8 @@ impl Config {
 const DEFAULT_SOURCE: &str = "public.feedback_replies";
 const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+const DEFAULT_DEAD_PEER_SECS: u64 = 20;
+const DEFAULT_MAX_STREAM_SECS: u64 = 1800;
 const DEFAULT_MAX_STREAMS_PER_SUBJECT: usize = 32;
 const DEFAULT_MAX_STREAMS_PER_THREAD: usize = 256;
 const DEFAULT_SUBSCRIBER_BUFFER: usize = 256;
@@ -192,6 +205,15 @@ pub struct ServeArgs {
     /// The most streams open at once; more are refused with 503.
     #[arg(long, env = "THREADCAST_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Seconds that bytes sent to a client may stay unacknowledged before its connection is
+    /// dropped (TCP_USER_TIMEOUT): a peer that vanished is gone within the heartbeat plus this.
+    #[arg(long, env = "THREADCAST_DEAD_PEER_SECS", default_value_t = DEFAULT_DEAD_PEER_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dead_peer_secs: u64,
+    /// Seconds a stream may stay open before the server ends it (EventSource resumes it at
+    /// once, exactly; a client that does not read is gone); 0: no limit.
+    #[arg(long, env = "THREADCAST_MAX_STREAM_SECS", default_value_t = DEFAULT_MAX_STREAM_SECS)]
+    pub max_stream_secs: u64,
     /// The most streams open at once for one token subject (its `sub` claim, or its thread and
     /// role); more are refused with 429.
     #[arg(long, env = "THREADCAST_MAX_STREAMS_PER_SUBJECT", default_value_t = DEFAULT_MAX_STREAMS_PER_SUBJECT,
@@ -251,6 +273,9 @@ impl ServeArgs {
             .filter(|o| !o.is_empty())
             .collect();
         config.max_connections = self.max_connections;
+        config.dead_peer_timeout = Duration::from_secs(self.dead_peer_secs);
+        config.max_stream_age =
+            (self.max_stream_secs > 0).then(|| Duration::from_secs(self.max_stream_secs));
         config.max_streams_per_subject = self.max_streams_per_subject;
         config.max_streams_per_thread = self.max_streams_per_thread;
         config.subscriber_buffer = self.subscriber_buffer;

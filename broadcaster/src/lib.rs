@@ -278,13 +278,11 @@ impl Broadcaster {
     /// the background tasks to stop.
     pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
         let config = &self.state.config;
-        serve::serve(
-            listener,
-            router,
-            config.write_timeout,
-            self.state.shutdown.clone(),
-        )
-        .await?;
+        let timeouts = serve::Timeouts {
+            write: config.write_timeout,
+            dead_peer: config.dead_peer_timeout,
+        };
+        serve::serve(listener, router, timeouts, self.state.shutdown.clone()).await?;
         self.tasks.close();
         self.tasks.wait().await;
         tracing::info!("stopped");

@@ -140,6 +140,48 @@ impl Stream for KeepAlive {
     }
 }
 
+/// The `retry:` a stream sends when it ends at its maximum age: the client comes back at once
+/// (the next stream's first frame sets the usual delay again).
+pub const RETRY_SOON: &[u8] = b"retry: 250\n\n";
+
+/// Ends a stream of frames once it is `age` old, with [`RETRY_SOON`] as its last frame, so that a
+/// stream lives a bounded time whatever its client does: one that reads reconnects and resumes
+/// exactly (with `Last-Event-ID`), one that does not is gone.
+pub struct Lifetime {
+    inner: BoxStream<'static, Bytes>,
+    end: Option<Pin<Box<Sleep>>>,
+    ended: bool,
+}
+
+impl Lifetime {
+    /// `inner` until `age` has passed (None: for ever).
+    pub fn new(inner: BoxStream<'static, Bytes>, age: Option<Duration>) -> Self {
+        Lifetime {
+            inner,
+            end: age.map(|age| Box::pin(tokio::time::sleep(age))),
+            ended: false,
+        }
+    }
+}
+
+impl Stream for Lifetime {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(end) = &mut this.end {
+            if end.as_mut().poll(cx).is_ready() {
+                this.ended = true;
+                return Poll::Ready(Some(Bytes::from_static(RETRY_SOON)));
+            }
+        }
+        this.inner.as_mut().poll_next(cx)
+    }
+}
+
 /// A `text/event-stream` response whose body is `frames`.
 pub fn response(frames: impl Stream<Item = Bytes> + Send + 'static) -> Response {
     use futures::StreamExt;
@@ -212,6 +254,22 @@ mod tests {
             "the heartbeat came {:?} after the frame, not {every:?}",
             sent.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_ends_at_its_age_with_a_short_retry() {
+        let mut stream = Lifetime::new(
+            futures::stream::pending().boxed(),
+            Some(Duration::from_secs(60)),
+        );
+        assert_eq!(&stream.next().await.unwrap()[..], RETRY_SOON);
+        assert_eq!(stream.next().await, None);
+        let mut endless = Lifetime::new(
+            futures::stream::iter([Bytes::from_static(b"a")]).boxed(),
+            None,
+        );
+        assert_eq!(&endless.next().await.unwrap()[..], b"a");
+        assert_eq!(endless.next().await, None, "the inner stream's end");
     }
 
     #[tokio::test]

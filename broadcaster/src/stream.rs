@@ -23,7 +23,7 @@ use crate::caps::Held;
 use crate::delivery::{Feed, Step};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::sse::{self, KeepAlive};
+use crate::sse::{self, KeepAlive, Lifetime};
 use crate::AppState;
 
 /// The most rows `?history=N` sends; larger values are clamped.
@@ -129,10 +129,22 @@ async fn stream_thread(
     let events = stream::unfold(frames, |mut frames| async move {
         frames.next().await.map(|frame| (frame, frames))
     });
-    let frames = KeepAlive::new(events.boxed(), state.config.heartbeat)
-        // Open streams never end by themselves; shutdown ends them (axum#2673).
-        .take_until(state.shutdown.clone().cancelled_owned());
+    let age = state.config.max_stream_age.map(jittered);
+    let frames = Lifetime::new(
+        KeepAlive::new(events.boxed(), state.config.heartbeat).boxed(),
+        age,
+    )
+    // Open streams never end by themselves; shutdown ends them (axum#2673).
+    .take_until(state.shutdown.clone().cancelled_owned());
     Ok(sse::response(frames))
+}
+
+/// `age` less up to a tenth at random: streams opened together (after a restart) end apart.
+fn jittered(age: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    // A fresh RandomState is seeded from the OS: enough randomness for spreading reconnects.
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    age.mul_f64(1.0 - (random % 1000) as f64 / 10_000.0)
 }
 
 /// Holds one of the `max_connections` places, and the stream's places under its subject's and

@@ -6,6 +6,7 @@
 
 mod attacks;
 mod browser;
+mod dead_peers;
 mod delivery;
 mod demo;
 mod dockerfile_pins;

@@ -121,6 +121,19 @@ impl Frames {
         }
     }
 
+    /// Reads until the stream ends; returns all of it.
+    pub async fn end(&mut self) -> &str {
+        let read = async {
+            while let Some(Ok(bytes)) = self.body.next().await {
+                self.seen.push_str(std::str::from_utf8(&bytes).unwrap());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap_or_else(|_| panic!("the stream did not end within 10 s: {:?}", self.seen));
+        &self.seen
+    }
+
     /// Reads until the text seen so far contains `until`; returns all of it.
     pub async fn until(&mut self, until: &str) -> &str {
         let read = async {

@@ -163,3 +163,15 @@ async fn a_posted_reply_is_answered_with_its_row_and_reaches_the_stream_once() {
     let text = frames.until("next").await;
     assert_eq!(text.matches("Hello!").count(), 1, "once: {text:?}");
 }
+
+#[tokio::test]
+async fn a_stream_ends_at_its_maximum_age_asking_to_be_resumed_at_once() {
+    let api = Api::with(|c| c.max_stream_age = Some(Duration::from_millis(200)));
+    let thread = api.store.create_thread("t");
+    let mut frames = open(&api, thread, "", &[]).await;
+    let text = frames.end().await;
+    assert!(
+        text.starts_with("retry: 2000\n") && text.ends_with("retry: 250\n\n"),
+        "{text:?}"
+    );
+}
