@@ -135,7 +135,7 @@ async fn connection(
                 return;
             }
         }
-        Ok(Ok(Head::TooLong)) => {}
+        Ok(Ok(Head::TooLong | Head::NotOurs)) => {}
         // The client left, failed or dawdled before sending a whole request: nobody to answer.
         Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return,
     }
