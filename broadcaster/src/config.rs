@@ -48,6 +48,10 @@ pub struct Config {
     pub listener_buffer: usize,
     /// The longest wait between two attempts to re-establish the LISTEN connection.
     pub max_backoff: Duration,
+    /// How often the LISTEN connection is probed, which also reads the source's registration
+    /// again: a changed one (another channel, payload mode, name) is followed within this time,
+    /// a disabled one reported by `/readyz`.
+    pub source_check: Duration,
     /// How long a write to a client may make no progress before its connection is closed: a
     /// client that stopped reading must not hold its place and its queue forever.
     pub write_timeout: Duration,
@@ -87,6 +91,7 @@ impl Config {
             listener_buffer: DEFAULT_LISTENER_BUFFER,
             page_bytes: PAGE_BYTES,
             max_backoff: Duration::from_secs(5),
+            source_check: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             dead_peer_timeout: Duration::from_secs(DEFAULT_DEAD_PEER_SECS),
             max_stream_age: Some(Duration::from_secs(DEFAULT_MAX_STREAM_SECS)),

@@ -28,7 +28,6 @@ pub mod store;
 pub mod stream;
 pub mod widget;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +52,7 @@ use crate::caps::StreamCaps;
 use crate::delivery::{Delivery, Settings};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::ops::Readiness;
 use crate::replies::Replies;
 use crate::source::{Source, SourceError};
 use crate::store::{PgStore, Store};
@@ -63,7 +63,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The served table: catch-up, history, posted replies.
     pub store: Arc<dyn Store>,
-    /// The table served, as `threadcast.sources` describes it.
+    /// The table served, as `threadcast.sources` described it at start (the listener follows
+    /// later changes of its registration).
     pub source: Arc<Source>,
     /// Exactly-once delivery of the table's changes to streams.
     pub delivery: Delivery,
@@ -73,7 +74,8 @@ pub struct AppState {
     pub replies: Arc<Replies>,
     /// Fires on shutdown; long-lived responses end on it.
     pub shutdown: CancellationToken,
-    ready: Arc<AtomicBool>,
+    /// What `/readyz` says.
+    pub readiness: Arc<Readiness>,
     streams: Arc<Semaphore>,
     /// Open streams per token subject and per thread.
     caps: Arc<StreamCaps>,
@@ -121,13 +123,16 @@ impl AppState {
             delivery,
             metrics,
             shutdown,
-            ready: Arc::new(AtomicBool::new(false)),
+            readiness: Arc::new(Readiness::default()),
         }
     }
 
     /// Tells `/readyz` whether notifications are being received (the LISTEN connection is up).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        match ready {
+            true => self.readiness.ready(),
+            false => self.readiness.not_ready(ops::RECONNECTING),
+        }
     }
 }
 
@@ -246,7 +251,7 @@ impl Broadcaster {
         let store = Arc::new(PgStore::new(pool, (*source).clone()));
         let state = AppState::new(
             config,
-            store,
+            store.clone(),
             source.clone(),
             shutdown.clone(),
             tasks.clone(),
@@ -256,10 +261,12 @@ impl Broadcaster {
         tasks.spawn(
             Listener {
                 pg: listen_pg,
-                source,
+                source: (*source).clone(),
+                store,
                 delivery: state.delivery.clone(),
                 metrics: state.metrics.clone(),
-                ready: state.ready.clone(),
+                readiness: state.readiness.clone(),
+                source_check: state.config.source_check,
                 max_backoff: state.config.max_backoff,
                 buffer: state.config.listener_buffer,
                 shutdown,

@@ -22,24 +22,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{self, Delivery};
 use crate::metrics::Metrics;
+use crate::ops::Readiness;
 use crate::source::Source;
+use crate::store::PgStore;
 
-/// How often the idle LISTEN connection is probed, so that a silent network cut is noticed.
-const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long a probe of the LISTEN connection may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Owns the LISTEN connection for the life of the broadcaster.
 pub(crate) struct Listener {
     pub pg: tokio_postgres::Config,
-    pub source: Arc<Source>,
+    /// The source's registration as last read; followed by oid.
+    pub source: Source,
+    /// The store, whose statements name the source.
+    pub store: Arc<PgStore>,
     pub delivery: Delivery,
     pub metrics: Metrics,
-    /// True while LISTEN is in force; `/readyz` reports it.
-    pub ready: Arc<AtomicBool>,
+    /// What `/readyz` says: ready while LISTEN is in force on the source's registration.
+    pub readiness: Arc<Readiness>,
     pub max_backoff: Duration,
     /// Notifications received but not yet taken, at most; more are dropped (and every live
     /// thread reads the table).
     pub buffer: usize,
+    /// How often the idle connection is probed (so that a silent network cut is noticed), and
+    /// the source's registration read again.
+    pub source_check: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -54,34 +61,70 @@ enum SessionEnd {
     PingTimeout,
     #[error("cannot read the signing keys (has this role been granted them? SELECT threadcast.grant_listen('<role>')): {}", crate::error::chain(.0))]
     Keys(#[source] crate::store::StoreError),
+    #[error("the served table {name} (oid {oid}) is no longer a threadcast source (dropped, or threadcast.disable() was run); run SELECT threadcast.enable('{name}')")]
+    SourceGone { name: String, oid: u32 },
+    #[error("the registration of {0} changed in threadcast.sources; listening again")]
+    SourceChanged(String),
 }
 
 impl Listener {
     /// Listens until shutdown, reconnecting whenever the connection drops.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let mut delays = delivery::backoff(self.max_backoff);
         let mut sessions = 0u64;
         while !self.shutdown.is_cancelled() {
             let result = self.session(&mut delays, &mut sessions).await;
-            self.ready.store(false, Ordering::SeqCst);
-            match result {
+            let delay = match &result {
                 Ok(()) => return,
-                Err(error) => {
-                    let delay = delays.next().unwrap_or(self.max_backoff);
-                    tracing::warn!(%error, ?delay, "LISTEN connection lost; reconnecting");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                // A changed registration is followed at once.
+                Err(SessionEnd::SourceChanged(_)) => Duration::ZERO,
+                Err(_) => delays.next().unwrap_or(self.max_backoff),
+            };
+            let error = result.expect_err("Ok returned above");
+            match &error {
+                SessionEnd::SourceGone { .. } => {
+                    tracing::error!(%error, ?delay, "not serving; checking again")
                 }
+                _ => tracing::warn!(%error, ?delay, "LISTEN connection lost; reconnecting"),
+            }
+            self.readiness.not_ready(error.to_string());
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Reads the source's registration by oid. A renamed table is the same source; another
+    /// channel, payload mode or columns are adopted (delivery, the store's statements) before
+    /// LISTEN, so the session listens where the table announces now.
+    async fn follow_registration(
+        &mut self,
+        client: &tokio_postgres::Client,
+    ) -> Result<(), SessionEnd> {
+        let Some(now) = Source::registration(client, self.source.oid).await? else {
+            return Err(SessionEnd::SourceGone {
+                name: self.source.name.clone(),
+                oid: self.source.oid,
+            });
+        };
+        let changes = self.source.changes_to(&now);
+        if !changes.is_empty() {
+            tracing::warn!(
+                changes = %changes.join(", "),
+                "the served table's registration changed; following it"
+            );
+            self.delivery.set_source(&now);
+            self.store.set_source(&now);
+            self.source = now;
+        }
+        Ok(())
     }
 
     /// One connection's life: connect, LISTEN, resync, then pass on notifications until the
     /// connection fails (Err) or shutdown (Ok).
     async fn session(
-        &self,
+        &mut self,
         delays: &mut ExponentialBackoff,
         sessions: &mut u64,
     ) -> Result<(), SessionEnd> {
@@ -121,6 +164,11 @@ impl Listener {
         let _abort_driver = AbortOnDrop(driver);
         let mut ended = std::pin::pin!(ended);
 
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            result = self.follow_registration(&client) => result?,
+        }
         let listen = format!("LISTEN {}", quote_ident(&self.source.channel));
         tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
@@ -132,7 +180,7 @@ impl Listener {
             _ = self.shutdown.cancelled() => return Ok(()),
             result = self.delivery.refresh_keys() => result.map_err(SessionEnd::Keys)?,
         }
-        self.ready.store(true, Ordering::SeqCst);
+        self.readiness.ready();
         // Up again: the next outage starts from short delays.
         *delays = delivery::backoff(self.max_backoff);
         *sessions += 1;
@@ -149,7 +197,7 @@ impl Listener {
                 .expect("a non-zero period")
                 .allow_burst(NonZeroU32::MIN),
         );
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(self.source_check);
         ping.reset();
         loop {
             tokio::select! {
@@ -177,8 +225,21 @@ impl Listener {
                     }),
                 },
                 _ = ping.tick() => {
-                    match tokio::time::timeout(PING_TIMEOUT, client.simple_query("SELECT 1")).await {
-                        Ok(result) => { result?; }
+                    // The probe reads the registration: a change made while connected (another
+                    // channel, a disable) must not go unnoticed until the next reconnect.
+                    let probe = Source::registration(&client, self.source.oid);
+                    match tokio::time::timeout(PING_TIMEOUT, probe).await {
+                        Ok(Ok(Some(now))) if now == self.source => {}
+                        Ok(Ok(Some(_))) => {
+                            return Err(SessionEnd::SourceChanged(self.source.name.clone()))
+                        }
+                        Ok(Ok(None)) => {
+                            return Err(SessionEnd::SourceGone {
+                                name: self.source.name.clone(),
+                                oid: self.source.oid,
+                            })
+                        }
+                        Ok(Err(error)) => return Err(error.into()),
                         Err(_) => return Err(SessionEnd::PingTimeout),
                     }
                 }

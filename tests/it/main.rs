@@ -24,5 +24,6 @@ mod replies;
 mod resume;
 mod service;
 mod serving;
+mod source;
 mod tenants;
 mod upgrade;

@@ -213,6 +213,12 @@ impl Delivery {
         Ok(self.trust.set_keys(keys))
     }
 
+    /// Follows a changed registration of the served table: its channel, its payload mode. The
+    /// caller (the listener) LISTENs again and resyncs.
+    pub fn set_source(&self, source: &Source) {
+        self.trust.set_source(source);
+    }
+
     /// Asks every thread task to read what committed while notifications may have been missed
     /// (each time the LISTEN connection is (re-)established).
     pub fn resync_all(&self) {

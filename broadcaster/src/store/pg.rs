@@ -9,6 +9,8 @@
 //! conflict is found, so a skipped row would leave a hole in the thread's sequence, where a failed
 //! INSERT rolls its number back with it.
 
+use std::sync::{Arc, RwLock};
+
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -48,34 +50,63 @@ const LATEST_WITHIN_SQL: &str = "SELECT seq, kind, id, row_text FROM (\
 /// The served table in PostgreSQL.
 pub struct PgStore {
     pool: Pool,
-    source: Source,
-    insert_sql: String,
-    select_sql: String,
-    demo_fallback_sql: String,
+    /// The table's oid (it never changes: a renamed table is the same source).
+    oid: u32,
+    /// The statements that name the table and its columns, remade when the registration changes
+    /// (a rename, another thread or key column). Held only to clone a statement's text.
+    statements: RwLock<Arc<Statements>>,
+}
+
+/// The SQL that names the served table, quoted by PostgreSQL when the registration was read.
+struct Statements {
+    insert: String,
+    select: String,
+    demo_fallback: String,
+}
+
+impl Statements {
+    fn of(source: &Source) -> Statements {
+        let (table, id, thread) = (&source.name, &source.id_column, &source.thread_column);
+        Statements {
+            // `$2::uuid` stores into a uuid or a text thread column alike.
+            insert: format!(
+                "INSERT INTO {table} AS t ({id}, {thread}, author_type, author_name, content) \
+                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text) \
+                 RETURNING pg_catalog.row_to_json(t)::text"
+            ),
+            select: format!(
+                "SELECT pg_catalog.row_to_json(t)::text, t.{thread}::text, t.author_type::text, \
+                        t.author_name::text, t.content::text \
+                   FROM {table} t WHERE t.{id} = $1::uuid"
+            ),
+            demo_fallback: format!(
+                "SELECT {thread}::text, NULL::text FROM {table} ORDER BY {thread} LIMIT 1"
+            ),
+        }
+    }
 }
 
 impl PgStore {
     /// The store of `source` over `pool`.
     pub fn new(pool: Pool, source: Source) -> Self {
-        let (table, id, thread) = (&source.name, &source.id_column, &source.thread_column);
         PgStore {
-            // `$2::uuid` stores into a uuid or a text thread column alike.
-            insert_sql: format!(
-                "INSERT INTO {table} AS t ({id}, {thread}, author_type, author_name, content) \
-                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text) \
-                 RETURNING pg_catalog.row_to_json(t)::text"
-            ),
-            select_sql: format!(
-                "SELECT pg_catalog.row_to_json(t)::text, t.{thread}::text, t.author_type::text, \
-                        t.author_name::text, t.content::text \
-                   FROM {table} t WHERE t.{id} = $1::uuid"
-            ),
-            demo_fallback_sql: format!(
-                "SELECT {thread}::text, NULL::text FROM {table} ORDER BY {thread} LIMIT 1"
-            ),
             pool,
-            source,
+            oid: source.oid,
+            statements: RwLock::new(Arc::new(Statements::of(&source))),
         }
+    }
+
+    /// Follows a changed registration of the same table (renamed, or other columns).
+    pub fn set_source(&self, source: &Source) {
+        *self.statements.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Statements::of(source));
+    }
+
+    fn statements(&self) -> Arc<Statements> {
+        self.statements
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -101,7 +132,7 @@ impl PgStore {
             InsertError::Unavailable
         })?;
         let statement = client
-            .prepare_cached(&self.insert_sql)
+            .prepare_cached(&self.statements().insert)
             .await
             .map_err(insert_error)?;
         let inserted = client
@@ -124,7 +155,7 @@ impl PgStore {
         // Another request stored this id first (perhaps this very request, retried after its
         // answer was lost); its INSERT has committed, or ours would still be waiting on the key.
         let statement = client
-            .prepare_cached(&self.select_sql)
+            .prepare_cached(&self.statements().select)
             .await
             .map_err(insert_error)?;
         let Some(row) = client
@@ -186,7 +217,7 @@ impl PgStore {
                     || e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
             {
                 client
-                    .query_opt(&self.demo_fallback_sql, &[])
+                    .query_opt(&self.statements().demo_fallback, &[])
                     .await
                     .map_err(query_error)?
             }
@@ -202,9 +233,7 @@ impl PgStore {
 impl Store for PgStore {
     fn current_seq<'a>(&'a self, thread: &'a str) -> BoxFuture<'a, Result<i64, StoreError>> {
         async move {
-            let rows = self
-                .query(CURRENT_SEQ_SQL, &[&self.source.oid, &thread])
-                .await?;
+            let rows = self.query(CURRENT_SEQ_SQL, &[&self.oid, &thread]).await?;
             Ok(rows.first().map_or(0, |row| row.get(0)))
         }
         .boxed()
@@ -219,10 +248,7 @@ impl Store for PgStore {
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
         async move {
             let rows = self
-                .query(
-                    CHANGES_SQL,
-                    &[&self.source.oid, &thread, &after, &until, &limit],
-                )
+                .query(CHANGES_SQL, &[&self.oid, &thread, &after, &until, &limit])
                 .await?;
             Ok(rows.iter().filter_map(change).collect())
         }
@@ -241,14 +267,7 @@ impl Store for PgStore {
             let rows = self
                 .query(
                     CHANGES_PAGE_SQL,
-                    &[
-                        &self.source.oid,
-                        &thread,
-                        &after,
-                        &until,
-                        &page.rows,
-                        &bytes,
-                    ],
+                    &[&self.oid, &thread, &after, &until, &page.rows, &bytes],
                 )
                 .await?;
             Ok(rows.iter().filter_map(change).collect())
@@ -262,9 +281,7 @@ impl Store for PgStore {
         n: i32,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
         async move {
-            let rows = self
-                .query(LATEST_SQL, &[&self.source.oid, &thread, &n])
-                .await?;
+            let rows = self.query(LATEST_SQL, &[&self.oid, &thread, &n]).await?;
             Ok(rows.iter().filter_map(change).collect())
         }
         .boxed()
@@ -279,7 +296,7 @@ impl Store for PgStore {
         async move {
             let bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
             let rows = self
-                .query(LATEST_WITHIN_SQL, &[&self.source.oid, &thread, &n, &bytes])
+                .query(LATEST_WITHIN_SQL, &[&self.oid, &thread, &n, &bytes])
                 .await?;
             Ok(rows.iter().filter_map(change).collect())
         }
