@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -36,6 +37,31 @@ pub struct Metrics {
     pub row_fetches: Counter,
     /// Subscribers disconnected because their buffer was full.
     pub slow_consumer_disconnects: Counter,
+    /// Reads of the table by delivery, by purpose: `baseline` (a thread task's start), `repair`
+    /// (holes, left-out rows, resyncs), `catch_up` (a resuming stream), `history`.
+    pub table_reads: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+/// Why delivery read the table (the `purpose` label of `threadcast_table_reads_total`).
+#[derive(Clone, Copy, Debug)]
+pub enum Read {
+    Baseline,
+    Repair,
+    CatchUp,
+    History,
+}
+
+impl Metrics {
+    /// Counts one read of the table for `purpose`.
+    pub fn table_read(&self, purpose: Read) {
+        let label = match purpose {
+            Read::Baseline => "baseline",
+            Read::Repair => "repair",
+            Read::CatchUp => "catch_up",
+            Read::History => "history",
+        };
+        self.table_reads.get_or_create(&[("purpose", label)]).inc();
+    }
 }
 
 /// The content type of [`Metrics::render`]'s text.
@@ -83,6 +109,12 @@ impl Metrics {
             "threadcast_slow_consumer_disconnects",
             "Subscribers disconnected because their buffer was full",
         );
+        let table_reads = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "threadcast_table_reads",
+            "Reads of the table by delivery, by purpose",
+            table_reads.clone(),
+        );
         let open_streams = Gauge::default();
         registry.register(
             "threadcast_open_streams",
@@ -101,6 +133,7 @@ impl Metrics {
             gap_fills,
             row_fetches,
             slow_consumer_disconnects,
+            table_reads,
         }
     }
 

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{BoxStream, Stream};
 use threadcast_payload::JOINED_EVENT;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 
 /// One rendered event: its seq (the SSE `id`) and the frame as it goes on the wire.
 #[derive(Clone, Debug)]
@@ -144,21 +145,38 @@ impl Stream for KeepAlive {
 /// (the next stream's first frame sets the usual delay again).
 pub const RETRY_SOON: &[u8] = b"retry: 250\n\n";
 
-/// Ends a stream of frames once it is `age` old, with [`RETRY_SOON`] as its last frame, so that a
-/// stream lives a bounded time whatever its client does: one that reads reconnects and resumes
-/// exactly (with `Last-Event-ID`), one that does not is gone.
+/// Ends a stream of frames once it is `age` old, or on shutdown, with [`RETRY_SOON`] as its last
+/// frame: a stream lives a bounded time whatever its client does (one that reads reconnects and
+/// resumes exactly, with `Last-Event-ID`; one that does not is gone), and after a restart the
+/// clients come back to the new process (or another replica) without waiting the usual delay.
+/// Open streams never end by themselves otherwise; shutdown must end them (axum#2673).
 pub struct Lifetime {
     inner: BoxStream<'static, Bytes>,
-    end: Option<Pin<Box<Sleep>>>,
+    end: Pin<Box<dyn Future<Output = ()> + Send>>,
     ended: bool,
 }
 
 impl Lifetime {
-    /// `inner` until `age` has passed (None: for ever).
-    pub fn new(inner: BoxStream<'static, Bytes>, age: Option<Duration>) -> Self {
+    /// `inner` until `age` has passed (None: for ever) or `shutdown` fires.
+    pub fn new(
+        inner: BoxStream<'static, Bytes>,
+        age: Option<Duration>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let end = async move {
+            match age {
+                Some(age) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(age) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                None => shutdown.cancelled().await,
+            }
+        };
         Lifetime {
             inner,
-            end: age.map(|age| Box::pin(tokio::time::sleep(age))),
+            end: Box::pin(end),
             ended: false,
         }
     }
@@ -172,11 +190,9 @@ impl Stream for Lifetime {
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some(end) = &mut this.end {
-            if end.as_mut().poll(cx).is_ready() {
-                this.ended = true;
-                return Poll::Ready(Some(Bytes::from_static(RETRY_SOON)));
-            }
+        if this.end.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            return Poll::Ready(Some(Bytes::from_static(RETRY_SOON)));
         }
         this.inner.as_mut().poll_next(cx)
     }
@@ -257,19 +273,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stream_ends_at_its_age_with_a_short_retry() {
+    async fn a_stream_ends_at_its_age_or_on_shutdown_with_a_short_retry() {
+        let shutdown = CancellationToken::new();
         let mut stream = Lifetime::new(
             futures::stream::pending().boxed(),
             Some(Duration::from_secs(60)),
+            shutdown.clone(),
         );
         assert_eq!(&stream.next().await.unwrap()[..], RETRY_SOON);
         assert_eq!(stream.next().await, None);
         let mut endless = Lifetime::new(
             futures::stream::iter([Bytes::from_static(b"a")]).boxed(),
             None,
+            shutdown.clone(),
         );
         assert_eq!(&endless.next().await.unwrap()[..], b"a");
         assert_eq!(endless.next().await, None, "the inner stream's end");
+        let mut until_shutdown =
+            Lifetime::new(futures::stream::pending().boxed(), None, shutdown.clone());
+        shutdown.cancel();
+        assert_eq!(&until_shutdown.next().await.unwrap()[..], RETRY_SOON);
+        assert_eq!(until_shutdown.next().await, None);
     }
 
     #[tokio::test]

@@ -133,9 +133,8 @@ async fn stream_thread(
     let frames = Lifetime::new(
         KeepAlive::new(events.boxed(), state.config.heartbeat).boxed(),
         age,
-    )
-    // Open streams never end by themselves; shutdown ends them (axum#2673).
-    .take_until(state.shutdown.clone().cancelled_owned());
+        state.shutdown.clone(),
+    );
     Ok(sse::response(frames))
 }
 

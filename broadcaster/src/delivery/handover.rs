@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::cursor::{Cursor, Pages};
 use super::subscription::Subscription;
+use crate::metrics::{Metrics, Read};
 use crate::sse::Event;
 use crate::store::{PageSize, Store, StoreError};
 
@@ -48,6 +49,7 @@ enum Phase {
 /// One stream's events: its subscription and how far it got.
 pub struct Feed {
     store: Arc<dyn Store>,
+    metrics: Metrics,
     subscription: Subscription,
     start: Start,
     page: PageSize,
@@ -62,12 +64,14 @@ pub struct Feed {
 impl Feed {
     pub(crate) fn new(
         store: Arc<dyn Store>,
+        metrics: Metrics,
         subscription: Subscription,
         start: Start,
         page: PageSize,
     ) -> Self {
         Feed {
             store,
+            metrics,
             subscription,
             start,
             page,
@@ -125,6 +129,7 @@ impl Feed {
                 Phase::History(n) => {
                     let n = *n;
                     let thread = self.subscription.thread();
+                    self.metrics.table_read(Read::History);
                     let rows = read(self.store.latest_within(thread, n, self.page.bytes)).await?;
                     // Replies after the join point reach this feed live, in order with every
                     // other change after it; taken from the history they would put the cursor
@@ -139,6 +144,7 @@ impl Feed {
                 }
                 Phase::CatchUp(pages) if pages.is_done() => self.phase = Phase::Live,
                 Phase::CatchUp(pages) => {
+                    self.metrics.table_read(Read::CatchUp);
                     let page = read(pages.read(&*self.store)).await?;
                     pages.advance(&page);
                     self.pending.extend(page.iter().map(|c| c.event()));

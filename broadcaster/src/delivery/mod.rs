@@ -155,6 +155,7 @@ impl Delivery {
     pub fn feed(&self, thread: &str, start: Start) -> Feed {
         Feed::new(
             self.ctx.store.clone(),
+            self.ctx.metrics.clone(),
             self.subscribe(thread),
             start,
             self.ctx.page,

@@ -25,7 +25,7 @@ use super::msg::Control;
 use super::queue::{self, TrySendError};
 use super::registry::Registry;
 use super::trust;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Read};
 use crate::sse::Event;
 use crate::store::{PageSize, Store, StoreError};
 
@@ -81,7 +81,11 @@ impl ThreadTask {
         // subscribers (with one subscriber per thread, as long as a stream), and would otherwise
         // keep room for a read's state all that time.
         let (ctx, thread) = (self.ctx.clone(), self.thread.clone());
-        let Some(baseline) = Box::pin(retry(&ctx, || ctx.store.current_seq(&thread))).await else {
+        let baseline = retry(&ctx, || {
+            ctx.metrics.table_read(Read::Baseline);
+            ctx.store.current_seq(&thread)
+        });
+        let Some(baseline) = Box::pin(baseline).await else {
             return;
         };
         self.cursor = Cursor::at(baseline);
@@ -148,7 +152,11 @@ impl ThreadTask {
         let until = match until {
             Until::Seq(claimed) => {
                 if claimed > self.counter {
-                    let Some(current) = retry(&ctx, || ctx.store.current_seq(&thread)).await else {
+                    let current = retry(&ctx, || {
+                        ctx.metrics.table_read(Read::Repair);
+                        ctx.store.current_seq(&thread)
+                    });
+                    let Some(current) = current.await else {
                         return false;
                     };
                     self.counter = self.counter.max(current);
@@ -159,7 +167,11 @@ impl ThreadTask {
         };
         let mut pages = Pages::new(thread, self.cursor.last(), until, ctx.page);
         while !pages.is_done() {
-            let Some(page) = retry(&ctx, || pages.read(&*ctx.store)).await else {
+            let page = retry(&ctx, || {
+                ctx.metrics.table_read(Read::Repair);
+                pages.read(&*ctx.store)
+            });
+            let Some(page) = page.await else {
                 return false;
             };
             tracing::debug!(rows = page.len(), ?until, "read changes from the table");
