@@ -77,9 +77,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     let addr = args.addr;
     let config = args.into_config().context("invalid configuration")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(%addr, "listening for HTTP");
 
     let shutdown = CancellationToken::new();
@@ -92,6 +90,24 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Connections waiting to be accepted, at most (the kernel caps it at `net.core.somaxconn`).
+/// After a restart every client comes back at once; with tokio's default of 1,024, the SYNs past
+/// it are dropped and their clients' kernels send them again only after 1 s, then 3 s.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` for serving, with a backlog for reconnect storms.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted broadcaster binds again while its predecessor's connections linger in
+    // TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Fires `shutdown` on SIGTERM or Ctrl-C.

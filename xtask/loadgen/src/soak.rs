@@ -286,7 +286,7 @@ async fn client(shared: Arc<Shared>, c: u32, args: SoakArgs) -> ClientLog {
             let at = Instant::now();
             for item in &items {
                 match *item {
-                    Item::Retry => joined_at = Some(at),
+                    Item::Retry(_) => joined_at = Some(at),
                     Item::Event {
                         seq, own_thread, ..
                     } => {
