@@ -22,9 +22,10 @@ use axum::Router;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::stall::Guarded;
 
 /// The path whose requests are served here rather than by hyper.
 const STREAM_PATH: &str = "/api/widget/stream";
@@ -142,9 +143,7 @@ pub(crate) async fn serve_stream(
     let (mut reader, writer) = stream.split();
     // A write that makes no progress for `write_timeout` fails: a client that stopped reading
     // loses its connection, its place under max_connections and its queue.
-    let mut writer = TimeoutWriter::new(writer);
-    writer.set_timeout(Some(write_timeout));
-    let mut writer = Box::pin(writer);
+    let mut writer = Guarded::new(writer, write_timeout);
     if write_bounded(&mut writer, &head, &shutdown).await.is_err() {
         return;
     }
@@ -193,7 +192,7 @@ pub(crate) async fn serve_stream(
     if ended && chunked {
         let _ = write_bounded(&mut writer, b"0\r\n\r\n", &shutdown).await;
     }
-    let _ = writer.as_mut().shutdown().await;
+    let _ = writer.shutdown().await;
 }
 
 /// The status line and headers of `parts`, with the framing this path uses.

@@ -24,8 +24,10 @@ pub mod replies;
 mod serve;
 pub mod source;
 pub mod sse;
+mod stall;
 pub mod store;
 pub mod stream;
+pub mod tls;
 pub mod widget;
 
 use std::sync::Arc;
@@ -36,7 +38,6 @@ use axum::Router;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -70,7 +71,7 @@ pub struct AppState {
     pub delivery: Delivery,
     pub keys: Arc<Keys>,
     pub metrics: Metrics,
-    /// Limits and statements of `POST /api/widget/replies`.
+    /// Limits and the rate limiter of `POST /api/widget/replies`.
     pub replies: Arc<Replies>,
     /// Fires on shutdown; long-lived responses end on it.
     pub shutdown: CancellationToken,
@@ -139,8 +140,8 @@ impl AppState {
 /// Why the broadcaster could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("DATABASE_URL is not a valid connection string")]
-    DatabaseUrl(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    DatabaseUrl(#[from] tls::DatabaseConfigError),
     #[error("cannot create the database pool: {0}")]
     Pool(String),
     #[error("cannot connect to the database")]
@@ -208,10 +209,13 @@ impl Broadcaster {
                 return Err(StartError::Origin(origin.clone()));
             }
         }
-        let mut pg: tokio_postgres::Config = config
-            .database_url
-            .parse()
-            .map_err(StartError::DatabaseUrl)?;
+        // TLS (sslmode, sslrootcert, client certificates) applies to the pool and LISTEN alike.
+        let tls::DatabaseConfig {
+            mut pg,
+            connector,
+            tls,
+        } = tls::database_config(&config.database_url)?;
+        tls.log(&pg);
         pg.connect_timeout(Duration::from_secs(5))
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(10))
@@ -221,7 +225,7 @@ impl Broadcaster {
         pool_pg.application_name(format!("{APPLICATION_NAME}-fetch"));
         let manager = Manager::from_config(
             pool_pg,
-            NoTls,
+            connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -261,6 +265,7 @@ impl Broadcaster {
         tasks.spawn(
             Listener {
                 pg: listen_pg,
+                tls: connector,
                 source: (*source).clone(),
                 store,
                 delivery: state.delivery.clone(),

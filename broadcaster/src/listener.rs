@@ -17,7 +17,7 @@ use backon::ExponentialBackoff;
 use futures::future::poll_fn;
 use governor::{Quota, RateLimiter};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Notification};
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::{self, Delivery};
@@ -32,6 +32,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Owns the LISTEN connection for the life of the broadcaster.
 pub(crate) struct Listener {
     pub pg: tokio_postgres::Config,
+    pub tls: crate::tls::Connector,
     /// The source's registration as last read; followed by oid.
     pub source: Source,
     /// The store, whose statements name the source.
@@ -128,7 +129,7 @@ impl Listener {
         delays: &mut ExponentialBackoff,
         sessions: &mut u64,
     ) -> Result<(), SessionEnd> {
-        let connect = self.pg.connect(NoTls);
+        let connect = self.pg.connect(self.tls.clone());
         let (client, mut connection) = tokio::select! {
             _ = self.shutdown.cancelled() => return Ok(()),
             result = connect => result?,

@@ -77,7 +77,7 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     let addr = args.addr;
     let config = args.into_config().context("invalid configuration")?;
-    let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(%addr, "listening for HTTP");
 
     let shutdown = CancellationToken::new();
@@ -92,22 +92,25 @@ async fn serve_until_signal(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connections waiting to be accepted, at most (the kernel caps it at `net.core.somaxconn`).
-/// After a restart every client comes back at once; with tokio's default of 1,024, the SYNs past
-/// it are dropped and their clients' kernels send them again only after 1 s, then 3 s.
-const LISTEN_BACKLOG: u32 = 65_535;
+/// Connections the kernel may queue before they are accepted (it caps this at
+/// `net.core.somaxconn`, 4,096 by default since Linux 5.4). When a replica dies, all its clients
+/// reconnect to the survivors in the same moment (EventSource waits the same `retry:` for all of
+/// them); with tokio's default of 1,024, `cargo xtask bench stream --multi-replica` saw about
+/// 1,400 of 14,800 reconnections dropped (`TcpExtListenOverflows`), each then waiting out a SYN
+/// retransmission, and the last one live after 8.2 s instead of 4.4 s (docs/deploy.md).
+const ACCEPT_BACKLOG: u32 = 8192;
 
-/// Binds `addr` for serving, with a backlog for reconnect storms.
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = match addr {
-        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+/// Binds `addr` (with SO_REUSEADDR, as `TcpListener::bind` does) and listens with
+/// [`ACCEPT_BACKLOG`].
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
     };
-    // A restarted broadcaster binds again while its predecessor's connections linger in
-    // TIME_WAIT.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Fires `shutdown` on SIGTERM or Ctrl-C.

@@ -3,11 +3,11 @@
 //! fast path must see a connection's first bytes before hyper does; what that saves, 43 KB → 5 KB
 //! of RSS per idle stream, is measured by `cargo xtask bench stream` (docs/benchmarks.md).
 //!
-//! On both paths a write that makes no progress for `Config::write_timeout` fails
-//! (tokio-io-timeout), so a client that stopped reading loses its connection; every socket has
-//! `TCP_USER_TIMEOUT` and keepalive, so a peer that vanished or keeps its window closed loses it
-//! too (`Config::dead_peer_timeout`); and every connection ends on shutdown: streams end on the
-//! token by themselves, hyper's connections shut down gracefully.
+//! On both paths a write that makes no progress for `Config::write_timeout` fails (`stall.rs`),
+//! so a client that stopped reading loses its connection; every socket has `TCP_USER_TIMEOUT` and
+//! keepalive, so a peer that vanished or keeps its window closed loses it too
+//! (`Config::dead_peer_timeout`); and every connection ends on shutdown: streams end on the token
+//! by themselves, hyper's connections shut down gracefully.
 
 use std::io;
 use std::pin::Pin;
@@ -21,11 +21,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::fast_path::{self, Head};
+use crate::stall::Guarded;
 
 /// A client must have sent its request head within this time, here and in hyper.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,12 +159,13 @@ async fn serve_with_hyper(
     write_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut io = TimeoutStream::new(Replay {
-        read: Bytes::from(read),
-        stream,
-    });
-    io.set_write_timeout(Some(write_timeout));
-    let io = TokioIo::new(Box::pin(io));
+    let io = TokioIo::new(Guarded::new(
+        Replay {
+            read: Bytes::from(read),
+            stream,
+        },
+        write_timeout,
+    ));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // With a timer, hyper enforces its header read timeout (30 s).
     builder.timer(TokioTimer::new());

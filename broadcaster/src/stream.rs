@@ -123,8 +123,7 @@ async fn stream_thread(
         feed,
         retry: state.config.retry,
         announce_join: params.start == Start::Live,
-        metrics: state.metrics.clone(),
-        _slot: slot,
+        slot,
     };
     let events = stream::unfold(frames, |mut frames| async move {
         frames.next().await.map(|frame| (frame, frames))
@@ -171,15 +170,14 @@ impl Drop for Slot {
     }
 }
 
-/// A feed's steps as wire frames.
+/// A feed's steps as wire frames. It lives as long as the stream, so it keeps only what it needs.
 struct Frames {
     feed: Feed,
     retry: Duration,
     /// Whether the first frame tells the client where it joined (a live start, which has no
     /// `Last-Event-ID` of its own to resume with): `sse::first_frame`.
     announce_join: bool,
-    metrics: Metrics,
-    _slot: Slot,
+    slot: Slot,
 }
 
 impl Frames {
@@ -193,7 +191,7 @@ impl Frames {
                 Some(sse::first_frame(self.retry, joined_at))
             }
             Step::Event(event) => {
-                self.metrics.events_delivered.inc();
+                self.slot.metrics.events_delivered.inc();
                 Some(event.frame())
             }
         }

@@ -6,7 +6,7 @@
 //! (it sends a relcache invalidation for `threadcast.keys`, which every backend receives) or a
 //! minute has passed (a key changed by hand is picked up too).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use pgrx::prelude::*;
 use pgrx::{direct_function_call, pg_sys};
@@ -25,18 +25,16 @@ struct Cached {
 
 thread_local! {
     static CURRENT: RefCell<Option<Cached>> = const { RefCell::new(None) };
-    static KEYS_RELID: RefCell<Option<pg_sys::Oid>> = const { RefCell::new(None) };
+    static KEYS_RELID: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+    /// Set by the invalidation callback (which may run while the key is being read); the next
+    /// use reads the key again.
+    static STALE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Forgets the cached key when `threadcast.keys` is invalidated (registered in `_PG_init`).
 pub(crate) unsafe extern "C-unwind" fn forget_key(_: pg_sys::Datum, relid: pg_sys::Oid) {
-    let ours = KEYS_RELID.with(|k| *k.borrow()) == Some(relid);
-    if relid == pg_sys::InvalidOid || ours {
-        CURRENT.with(|c| {
-            if let Ok(mut c) = c.try_borrow_mut() {
-                *c = None;
-            }
-        });
+    if relid == pg_sys::InvalidOid || KEYS_RELID.with(Cell::get) == Some(relid) {
+        STALE.with(|stale| stale.set(true));
     }
 }
 
@@ -53,11 +51,14 @@ pub fn signing_key() -> Key {
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     CURRENT.with(|cell| {
         let mut cell = cell.borrow_mut();
+        if STALE.with(|stale| stale.replace(false)) {
+            *cell = None;
+        }
         match &*cell {
             Some(c) if now - c.read_at < KEY_TTL_MICROS => c.key.clone(),
             _ => {
                 let key = read_key();
-                KEYS_RELID.with(|k| *k.borrow_mut() = keys_relid());
+                KEYS_RELID.with(|k| k.set(keys_relid()));
                 *cell = Some(Cached {
                     key: key.clone(),
                     read_at: now,

@@ -11,7 +11,7 @@
 //! `next_seq` and `record_tombstone` are on the trigger's hot path and are Rust with plans kept
 //! for the backend's life; the colder helpers are SQL in `sql/bootstrap.sql`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -168,20 +168,22 @@ struct Resolved {
 
 thread_local! {
     static RESOLVED: RefCell<Option<Option<Resolved>>> = const { RefCell::new(None) };
+    /// Set by the invalidation callback, which may run in the middle of a helper's call (while
+    /// `RESOLVED` is borrowed); the next use drops the resolved helpers.
+    static STALE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Forgets the resolved helpers when `pg_proc` changes (registered in `_PG_init`).
 pub(crate) unsafe extern "C-unwind" fn forget_helpers(_: pg_sys::Datum, _: i32, _: u32) {
-    RESOLVED.with(|r| {
-        if let Ok(mut r) = r.try_borrow_mut() {
-            *r = None;
-        }
-    });
+    STALE.with(|stale| stale.set(true));
 }
 
 fn with_resolved<T>(f: impl FnOnce(Option<&mut Resolved>) -> T) -> T {
     RESOLVED.with(|cell| {
         let mut cell = cell.borrow_mut();
+        if STALE.with(|stale| stale.replace(false)) {
+            *cell = None;
+        }
         let resolved = cell.get_or_insert_with(|| {
             Some(Resolved {
                 next_seq: Callable::resolve("threadcast.next_seq(pg_catalog.oid, text)")?,

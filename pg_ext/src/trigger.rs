@@ -122,7 +122,7 @@ impl<'a> Fired<'a> {
     }
 
     /// The new row of an insert or update.
-    fn new(&self, is_update: bool) -> RawRow {
+    fn new_row(&self, is_update: bool) -> RawRow {
         RawRow {
             tuple: if is_update {
                 self.data.tg_newtuple
@@ -211,7 +211,7 @@ fn assign_seq<'a>(
         })
         .into_owned();
     let is_update = matches!(trigger.op(), Ok(PgTriggerOperation::Update));
-    let thread = thread_key(&thread_col, fired.new(is_update), table, thread_column);
+    let thread = thread_key(&thread_col, fired.new_row(is_update), table, thread_column);
 
     // The delete an update implies takes its number first: it happened first.
     let implied = is_update
@@ -219,7 +219,7 @@ fn assign_seq<'a>(
             let old_thread = thread_key(&thread_col, fired.old(), table, thread_column);
             let key_changed = args.get(2).is_some_and(|id_column| {
                 let id_col = column(fired.desc, table, id_column);
-                id_text(&id_col, fired.old(), table) != id_text(&id_col, fired.new(true), table)
+                id_text(&id_col, fired.old(), table) != id_text(&id_col, fired.new_row(true), table)
             });
             (old_thread != thread || key_changed).then(|| {
                 let delete_seq = next_seq(src, &old_thread);
@@ -359,7 +359,7 @@ fn notify<'a>(
         }
         PgTriggerOperation::Insert | PgTriggerOperation::Update => {
             let is_update = matches!(op, PgTriggerOperation::Update);
-            let new = fired.new(is_update);
+            let new = fired.new_row(is_update);
             let thread = thread_key(&thread_col, new, table, thread_column);
             let id = id_text(&id_col, new, table);
             let seq_col = column(fired.desc, table, seq_column);

@@ -221,3 +221,43 @@ async fn a_keys_only_source_on_its_own_channel_still_delivers_whole_rows() {
     assert_eq!(deleted.event, ChangeKind::Delete.as_str());
     assert_eq!((inserted.seq(), deleted.seq()), (1, 2));
 }
+
+#[tokio::test]
+async fn a_truncate_reaches_open_streams_as_a_reset_and_resuming_streams_learn_of_it() {
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db).await;
+    let thread = db.create_thread().await;
+    let mut live = server.open(thread).await;
+    db.insert_reply(thread, "one").await;
+    db.insert_reply(thread, "two").await;
+    assert_eq!(seqs(&live.events(2).await), [1, 2]);
+
+    db.client
+        .batch_execute("TRUNCATE feedback_replies")
+        .await
+        .expect("truncate the replies");
+    let reset = live.next_event().await;
+    assert_eq!(
+        (reset.event.as_str(), reset.seq()),
+        (ChangeKind::Reset.as_str(), 3),
+        "the truncation takes the thread's next number"
+    );
+    db.insert_reply(thread, "after").await;
+    let after = live.next_event().await;
+    assert_eq!((after.seq(), after.content()), (4, "after".to_owned()));
+
+    let mut resumed = server
+        .open_with(thread, "&lastEventId=1", None)
+        .await
+        .expect("resume from before the truncation");
+    let replayed = resumed.events(2).await;
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|e| (e.event.as_str(), e.seq()))
+            .collect::<Vec<_>>(),
+        [("reset", 3), ("reply", 4)],
+        "a client that was away learns of the reset, then the new reply"
+    );
+    threadcast_tests::assert_exactly_once("the resumed stream", &replayed, &db, thread).await;
+}

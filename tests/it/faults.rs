@@ -10,8 +10,8 @@ use std::time::Duration;
 use threadcast_broadcaster::Config;
 use threadcast_tests::db::insert_reply;
 use threadcast_tests::{
-    assert_every_subscriber_got_exactly_once, eventually, seqs, Cluster, Subscriber, TestDb,
-    TestServer, Writer,
+    assert_every_subscriber_got_exactly_once, eventually, seqs, Cluster, SseStream, Subscriber,
+    TestDb, TestServer, Writer,
 };
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
@@ -452,35 +452,51 @@ async fn a_stalled_listener_fills_the_notification_queue_doctor_shows_it_and_str
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
-    const BATCH: usize = 8;
-    let db = TestDb::new().await;
-    let server = TestServer::start_with(&db, |c| c.subscriber_buffer = 2 * BATCH).await;
-    let thread = db.create_thread().await;
-    let mut fast = server.open(thread).await;
-    // Opened and then never read until the end: its socket and then its queue fill up.
-    let mut slow = server.open(thread).await;
-    let content = "x".repeat(4000);
+/// Replies written in batches by `write_until_a_subscriber_is_cut_off`.
+const BATCH: usize = 8;
 
+/// Writes 4 KB replies to `thread` in batches of [`BATCH`], checking that `reader` keeps up with
+/// each, until the server has cut a subscriber off as too slow; returns how many were written.
+async fn write_until_a_subscriber_is_cut_off(
+    server: &TestServer,
+    db: &TestDb,
+    thread: Uuid,
+    reader: &mut SseStream,
+) -> usize {
+    let content = "x".repeat(4000);
     let mut written = 0;
     while server
         .metric("threadcast_slow_consumer_disconnects_total")
         .await
         < 1.0
     {
-        assert!(written < 4000, "the slow consumer was never cut off");
+        assert!(
+            written < 4000,
+            "no subscriber was cut off after {written} replies"
+        );
         for _ in 0..BATCH {
             db.insert_reply(thread, &content).await;
         }
         written += BATCH;
-        let events = fast.events(BATCH).await;
+        let events = reader.events(BATCH).await;
         assert_eq!(
             events.last().unwrap().seq(),
             written as i64,
-            "the fast client keeps up"
+            "the reading client keeps up"
         );
     }
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
+    let db = TestDb::new().await;
+    let server = TestServer::start_with(&db, |c| c.subscriber_buffer = 2 * BATCH).await;
+    let thread = db.create_thread().await;
+    let mut fast = server.open(thread).await;
+    // Opened and then never read until the end: its socket and then its queue fill up.
+    let mut slow = server.open(thread).await;
+    let mut written = write_until_a_subscriber_is_cut_off(&server, &db, thread, &mut fast).await;
 
     // The fast client goes on receiving after the slow one was cut off.
     db.insert_reply(thread, "after the cut").await;
@@ -514,7 +530,6 @@ async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_receiving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_cut_off_and_disconnected_while_others_keep_receiving() {
-    const BATCH: usize = 8;
     let db = TestDb::new().await;
     let server = TestServer::start_with(&db, |c| {
         c.subscriber_buffer = 2 * BATCH;
@@ -541,28 +556,7 @@ async fn a_client_that_never_reads_is_cut_off_and_disconnected_while_others_keep
     })
     .await;
 
-    let content = "x".repeat(4000);
-    let mut written = 0;
-    while server
-        .metric("threadcast_slow_consumer_disconnects_total")
-        .await
-        < 1.0
-    {
-        assert!(
-            written < 4000,
-            "the client that never reads was never cut off"
-        );
-        for _ in 0..BATCH {
-            db.insert_reply(thread, &content).await;
-        }
-        written += BATCH;
-        let events = reader.events(BATCH).await;
-        assert_eq!(
-            events.last().unwrap().seq(),
-            written as i64,
-            "the reading client keeps up"
-        );
-    }
+    write_until_a_subscriber_is_cut_off(&server, &db, thread, &mut reader).await;
 
     // Cut off from its thread, it would still hold its connection, its place under
     // max_connections and its queue, if the server did not give up on writing to it.

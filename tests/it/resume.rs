@@ -38,38 +38,40 @@ async fn a_client_resuming_with_last_event_id_gets_exactly_what_it_missed() {
     );
 }
 
-#[tokio::test]
-async fn a_first_connect_may_give_last_event_id_in_the_query() {
+/// Opens a stream with `extra` query parameters and `last_event_id` on a thread of four replies;
+/// returns the seqs of its first `n` events.
+async fn first_seqs_after_four_replies(
+    extra: &str,
+    last_event_id: Option<i64>,
+    n: usize,
+) -> Vec<i64> {
     let db = TestDb::new().await;
     let server = TestServer::start(&db).await;
     let thread = db.create_thread().await;
     for i in 1..=4 {
         db.insert_reply(thread, &format!("r{i}")).await;
     }
-
     let mut stream = server
-        .open_with(thread, "&lastEventId=2", None)
+        .open_with(thread, extra, last_event_id)
         .await
         .expect("open");
+    seqs(&stream.events(n).await)
+}
 
-    assert_eq!(seqs(&stream.events(2).await), [3, 4]);
+#[tokio::test]
+async fn a_first_connect_may_give_last_event_id_in_the_query() {
+    assert_eq!(
+        first_seqs_after_four_replies("&lastEventId=2", None, 2).await,
+        [3, 4]
+    );
 }
 
 #[tokio::test]
 async fn the_last_event_id_header_wins_over_the_query() {
-    let db = TestDb::new().await;
-    let server = TestServer::start(&db).await;
-    let thread = db.create_thread().await;
-    for i in 1..=4 {
-        db.insert_reply(thread, &format!("r{i}")).await;
-    }
-
-    let mut stream = server
-        .open_with(thread, "&lastEventId=1", Some(3))
-        .await
-        .expect("open");
-
-    assert_eq!(seqs(&stream.events(1).await), [4]);
+    assert_eq!(
+        first_seqs_after_four_replies("&lastEventId=1", Some(3), 1).await,
+        [4]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,17 @@ fn chromedriver() -> String {
 impl Browser {
     /// Starts chromedriver and a Chromium session once no other test's browser is running.
     pub async fn launch() -> Browser {
+        Browser::launch_inner(None).await
+    }
+
+    /// Like [`Browser::launch`], with a browser that trusts the CA certificate (PEM) at `ca` as
+    /// a user-installed root: it goes into the NSS database of a home folder of the browser's
+    /// own, where Chromium on Linux looks for one (`certutil`, Debian's libnss3-tools).
+    pub async fn launch_trusting(ca: &Path) -> Browser {
+        Browser::launch_inner(Some(ca)).await
+    }
+
+    async fn launch_inner(trusted_ca: Option<&Path>) -> Browser {
         let turn = TURN.lock().await;
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let profile = std::env::temp_dir().join(format!(
@@ -52,7 +63,14 @@ impl Browser {
         ));
         std::fs::create_dir_all(&profile).expect("create the browser profile folder");
         let port = free_port();
-        let driver = Command::new(chromedriver())
+        let mut driver = Command::new(chromedriver());
+        if let Some(ca) = trusted_ca {
+            let home = profile.join("home");
+            trust_in_nss(&home, ca);
+            // Chromium inherits the driver's environment, and finds ~/.pki/nssdb through HOME.
+            driver.env("HOME", &home);
+        }
+        let driver = driver
             .arg(format!("--port={port}"))
             .arg(format!(
                 "--log-path={}",
@@ -241,6 +259,40 @@ impl Drop for BrowserParts {
             let _ = std::fs::remove_dir_all(&self.profile);
         }
     }
+}
+
+/// Makes `home/.pki/nssdb` with `ca` trusted to identify web sites.
+fn trust_in_nss(home: &Path, ca: &Path) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).expect("create the NSS database folder");
+    let db = format!("sql:{}", db.display());
+    let certutil = std::env::var("CERTUTIL").unwrap_or_else(|_| "certutil".into());
+    let run = |args: &[&str]| {
+        let output = Command::new(&certutil)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {certutil} (apt-get install libnss3-tools): {e}")
+            });
+        assert!(
+            output.status.success(),
+            "{certutil} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&["-N", "-d", &db, "--empty-password"]);
+    let ca = ca.display().to_string();
+    run(&[
+        "-A",
+        "-d",
+        &db,
+        "-n",
+        "threadcast test CA",
+        "-t",
+        "C,,",
+        "-i",
+        &ca,
+    ]);
 }
 
 /// SIGKILLs the process group `child` leads (chromedriver and the Chromium it started) and reaps

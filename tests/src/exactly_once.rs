@@ -49,6 +49,7 @@ pub async fn committed_changes(
             let id: String = row.get(2);
             let change = match ChangeKind::parse(kind) {
                 Some(ChangeKind::Delete) => TableChange::Delete { id },
+                Some(ChangeKind::Reset) => TableChange::Reset,
                 _ => TableChange::Reply {
                     id,
                     row: serde_json::from_str(row.get::<_, &str>(3))

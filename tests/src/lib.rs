@@ -18,11 +18,16 @@
 
 pub mod attacker;
 pub mod browser;
+pub mod capture;
 pub mod db;
 pub mod exactly_once;
+pub mod https;
+pub mod proxied;
+pub mod relay;
 pub mod server;
 pub mod sse;
 pub mod subscriber;
+pub mod tls_cluster;
 pub mod writer;
 
 use std::future::Future;
@@ -36,6 +41,9 @@ pub use server::TestServer;
 pub use sse::{SseEvent, SseItem, SseStream};
 pub use subscriber::Subscriber;
 pub use threadcast_harness::Cluster;
+/// The deployment tests' nginx, CA and scratch folders live in the harness, which
+/// `cargo xtask bench proxy` shares.
+pub use threadcast_harness::{nginx, pki, scratch};
 pub use writer::Writer;
 
 /// How long [`eventually`] waits before failing.

@@ -56,6 +56,17 @@ pub struct Args {
     /// this build, and a table compares the two.
     #[arg(long)]
     before: Option<PathBuf>,
+    /// Latency rounds: with `--before`, the latency cases run this many times for each binary,
+    /// alternating, and the comparison takes the median of each one's rounds (a shared machine's
+    /// load comes and goes; alternating spreads it over both).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Run the multi-replica cases (capacity over several replicas, failover, the primary's
+    /// cost per listening replica) instead of the single-replica ones.
+    #[arg(long)]
+    multi_replica: bool,
+    #[command(flatten)]
+    multi: crate::bench_replicas::Args,
 }
 
 /// The targets of issue 3, on a 2-core machine.
@@ -72,6 +83,10 @@ pub fn run(args: Args) -> Result<()> {
         !args.no_install,
     )?;
     let machine = stack::machine();
+    if args.multi_replica {
+        println!("\n{machine}\n");
+        return crate::bench_replicas::run(&stack, &args.multi);
+    }
 
     let mut bins = Vec::new();
     if let Some(before) = &args.before {
@@ -92,7 +107,7 @@ pub fn run(args: Args) -> Result<()> {
             bin: bin.clone(),
             capacity: Value::Null,
             shared: Value::Null,
-            latency: Value::Null,
+            latency: Vec::new(),
             fanout: Value::Null,
             restart: Vec::new(),
             flood: Value::Null,
@@ -113,13 +128,10 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         broadcaster.stop()?;
     }
-    for run in runs
-        .iter_mut()
-        .filter(|_| phase("latency") || phase("fanout"))
-    {
-        let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
-        if phase("latency") {
-            run.latency = stack.loadgen(
+    for _ in 0..args.rounds.max(1) {
+        for run in runs.iter_mut().filter(|_| phase("latency")) {
+            let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
+            run.latency.push(stack.loadgen(
                 &broadcaster,
                 &[
                     "latency",
@@ -128,20 +140,22 @@ pub fn run(args: Args) -> Result<()> {
                     "--events",
                     &args.events.to_string(),
                 ],
-            )?;
+            )?);
+            broadcaster.stop()?;
         }
-        if phase("fanout") {
-            run.fanout = stack.loadgen(
-                &broadcaster,
-                &[
-                    "fanout",
-                    "--subscribers",
-                    &args.fanout_subscribers.to_string(),
-                    "--step-secs",
-                    &args.step_secs.to_string(),
-                ],
-            )?;
-        }
+    }
+    for run in runs.iter_mut().filter(|_| phase("fanout")) {
+        let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
+        run.fanout = stack.loadgen(
+            &broadcaster,
+            &[
+                "fanout",
+                "--subscribers",
+                &args.fanout_subscribers.to_string(),
+                "--step-secs",
+                &args.step_secs.to_string(),
+            ],
+        )?;
         broadcaster.stop()?;
     }
     for run in runs.iter_mut().filter(|_| phase("restart")) {
@@ -169,42 +183,40 @@ pub fn run(args: Args) -> Result<()> {
     if runs.len() > 1 {
         print_comparison(&runs);
     }
-    let Run {
-        capacity,
-        shared,
-        latency,
-        fanout,
-        restart,
-        flood,
-        ..
-    } = runs.pop().expect("this build was measured");
+    let mut this = runs.pop().expect("this build was measured");
 
     eprintln!("broadcaster log: {}", stack.log_path().display());
     println!("\n{machine}\n");
     let mut verdicts = Vec::new();
-    if phase("latency") {
+    if let Some(latency) = this.latency.pop() {
         verdicts.extend(print_latency(&latency["latency"])?);
     }
     if phase("capacity") {
         verdicts.extend(print_capacity(
-            &capacity["capacity"],
+            &this.capacity["capacity"],
             "one thread each",
             true,
         )?);
         verdicts.extend(print_capacity(
-            &shared["capacity"],
+            &this.shared["capacity"],
             "ten per thread",
             false,
         )?);
     }
     if phase("fanout") {
-        print_fanout(&fanout["fanout"])?;
+        print_fanout(&this.fanout["fanout"])?;
     }
     if phase("restart") {
-        verdicts.extend(print_restart(&restart));
+        for run in runs.iter().chain([&this]) {
+            println!("{}:\n", run.label);
+            verdicts.extend(print_restart(&run.restart));
+        }
     }
     if phase("flood") {
-        print_flood(&flood["flood"]);
+        for run in runs.iter().chain([&this]) {
+            println!("{}:\n", run.label);
+            print_flood(&run.flood["flood"]);
+        }
     }
     println!();
     for line in &verdicts {
@@ -213,152 +225,14 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The target of issue 10: every stream back and resumed within 10 s of a restart.
-const RECOVERY_TARGET_SECS: f64 = 10.0;
-
-/// Opens `streams` streams on a fresh broadcaster from `bin`, `per_thread` on each thread, and
-/// restarts it (SIGTERM, then a new process on the same address) when the load generator says it
-/// is READY; returns what the load generator measured, with the new broadcaster's table reads
-/// for the recovery.
-fn restart(
-    stack: &Stack,
-    bin: &std::path::Path,
-    streams: usize,
-    per_thread: usize,
-) -> Result<Value> {
-    let limit = streams + 1000;
-    let first = stack.broadcaster_from(bin, limit)?;
-    let (addr, pid) = (first.addr, first.pid());
-    let mut first = Some(first);
-    let mut second = None;
-    let mut measured = stack.loadgen_with(
-        addr,
-        pid,
-        &[
-            "restart",
-            "--streams",
-            &streams.to_string(),
-            "--per-thread",
-            &per_thread.to_string(),
-        ],
-        |line| {
-            if line == "READY" {
-                if let Some(first) = first.take() {
-                    let stopped = first.stop()?;
-                    eprintln!(
-                        "restart: the broadcaster stopped in {stopped:.1?}; starting it again"
-                    );
-                    second = Some(stack.broadcaster_at(bin, addr, limit)?);
-                }
-            }
-            Ok(())
-        },
-    )?;
-    let second = second.context("the load generator never said READY")?;
-    let reads = |purpose: &str| {
-        second.metric(&format!(
-            "threadcast_table_reads_total{{purpose=\"{purpose}\"}}"
-        ))
-    };
-    measured["restart"]["table_reads"] = serde_json::json!({
-        "baseline": reads("baseline"),
-        "catch_up": reads("catch_up"),
-        "repair": reads("repair"),
-    });
-    second.stop()?;
-    Ok(measured)
-}
-
-fn print_restart(runs: &[Value]) -> Vec<String> {
-    println!("Open rate and a restart (SIGTERM, a new process on the same address; streams come back as EventSource does)\n");
-    println!("| streams | per thread | open rate | replies written while down | back (joined) | resumed exactly | table reads after: baseline / catch-up / repair | doubled / lost |");
-    println!("|---:|---:|---:|---:|---:|---:|---|---|");
-    let mut verdicts = Vec::new();
-    for run in runs {
-        let r = &run["restart"];
-        let seconds = |v: &Value| v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"));
-        println!(
-            "| {} | {} | {}/s | {} | {} | {} | {} / {} / {} | {} / {} |",
-            thousands(r["streams"].as_u64().unwrap_or(0)),
-            thousands(
-                r["streams"].as_u64().unwrap_or(0) / r["threads"].as_u64().unwrap_or(1).max(1)
-            ),
-            thousands(r["open_rate"].as_f64().unwrap_or(0.0) as u64),
-            thousands(r["writes_while_down"].as_u64().unwrap_or(0)),
-            seconds(&r["rejoined_seconds"]),
-            seconds(&r["recovered_seconds"]),
-            r["table_reads"]["baseline"],
-            r["table_reads"]["catch_up"],
-            r["table_reads"]["repair"],
-            r["doubled"],
-            r["lost"],
-        );
-        let recovered = r["recovered_seconds"].as_f64().unwrap_or(f64::MAX);
-        let exact =
-            r["doubled"] == 0 && r["lost"] == 0 && r["out_of_order"] == 0 && r["all_back"] == true;
-        verdicts.push(format!(
-            "restart with {} streams ({} per thread): back and resumed in {:.2} s, {} (target: within {RECOVERY_TARGET_SECS} s, exactly): {}",
-            thousands(r["streams"].as_u64().unwrap_or(0)),
-            r["streams"].as_u64().unwrap_or(0) / r["threads"].as_u64().unwrap_or(1).max(1),
-            recovered,
-            if exact { "exactly" } else { "NOT exactly" },
-            if exact && recovered <= RECOVERY_TARGET_SECS { "met" } else { "NOT met" }
-        ));
-    }
-    println!();
-    verdicts
-}
-
-fn print_flood(flood: &Value) {
-    let mib = |v: &Value| format!("{:.1} MiB", v.as_f64().unwrap_or(0.0) / 1048576.0);
-    println!(
-        "Flood: a connect-only role sends {} notifications ({} forged, {} replays of genuine ones) while {} replies/s flow to {} streams on {} threads\n",
-        thousands(flood["notifications"].as_u64().unwrap_or(0)),
-        thousands(flood["forged"].as_u64().unwrap_or(0)),
-        thousands(flood["replayed"].as_u64().unwrap_or(0)),
-        flood["reply_rate"],
-        flood["streams"],
-        flood["threads"],
-    );
-    println!("| replies | receipts | p50 | p99 | max |");
-    println!("|---|---:|---:|---:|---:|");
-    for (label, key) in [
-        ("without the flood", "latency_without"),
-        ("during the flood", "latency_during"),
-    ] {
-        let l = &flood[key];
-        println!(
-            "| {label} | {} | {} | {} | {} |",
-            thousands(l["samples"].as_u64().unwrap_or(0)),
-            ms(&l["p50_us"]),
-            ms(&l["p99_us"]),
-            ms(&l["max_us"]),
-        );
-    }
-    println!(
-        "\nsent in {:.1} s, taken by the broadcaster in {:.1} s ({} notifications/s, {:.1} s of CPU); RSS {} before, peak {}; {} rejected, {} stale, {} dropped for a full buffer (every live thread then read the table); replies doubled {}, lost {}, all arrived: {}",
-        flood["sent_seconds"].as_f64().unwrap_or(0.0),
-        flood["taken_seconds"].as_f64().unwrap_or(0.0),
-        thousands(flood["taken_per_second"].as_f64().unwrap_or(0.0) as u64),
-        flood["broadcaster_cpu_seconds"].as_f64().unwrap_or(0.0),
-        mib(&flood["rss_before_bytes"]),
-        mib(&flood["peak_rss_bytes"]),
-        thousands(flood["rejected"].as_f64().unwrap_or(0.0) as u64),
-        thousands(flood["stale"].as_f64().unwrap_or(0.0) as u64),
-        thousands(flood["dropped"].as_f64().unwrap_or(0.0) as u64),
-        flood["doubled"],
-        flood["lost"],
-        flood["all_arrived"],
-    );
-}
-
 /// One broadcaster binary's measurements.
 struct Run {
     label: &'static str,
     bin: PathBuf,
     capacity: Value,
     shared: Value,
-    latency: Value,
+    /// One result per latency round.
+    latency: Vec<Value>,
     fanout: Value,
     /// One measurement per spread of the restart.
     restart: Vec<Value>,
@@ -375,14 +249,26 @@ impl Run {
             .next_back()
     }
 
-    /// p99 commit-to-receive at one thread with 1,000 subscribers, in µs.
-    fn p99_1x1000(&self) -> Option<f64> {
-        self.latency["latency"]
-            .as_array()?
+    /// p99 commit-to-receive at one thread with 1,000 subscribers, in µs, of each latency round.
+    fn p99s_1x1000(&self) -> Vec<f64> {
+        self.latency
             .iter()
-            .find(|c| c["threads"] == 1 && c["subscribers_per_thread"] == 1000)?["latency"]
-            ["p99_us"]
-            .as_f64()
+            .filter_map(|round| {
+                round["latency"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["threads"] == 1 && c["subscribers_per_thread"] == 1000)?["latency"]
+                    ["p99_us"]
+                    .as_f64()
+            })
+            .collect()
+    }
+
+    /// The median of [`Run::p99s_1x1000`].
+    fn p99_1x1000(&self) -> Option<f64> {
+        let mut p99s = self.p99s_1x1000();
+        p99s.sort_by(f64::total_cmp);
+        p99s.get(p99s.len() / 2).copied()
     }
 
     /// Events delivered per second at saturation.
@@ -432,6 +318,17 @@ fn print_comparison(runs: &[Run]) {
         };
         println!("| {name} | {} | {ratio} |", cells.join(" | "));
     }
+    for run in runs {
+        println!(
+            "\np99 at 1 x 1,000 per round, {}: {} ms",
+            run.label,
+            run.p99s_1x1000()
+                .iter()
+                .map(|us| format!("{:.2}", us / 1000.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!();
 }
 
@@ -439,7 +336,8 @@ fn ms(us: &Value) -> String {
     format!("{:.2} ms", us.as_u64().unwrap_or(0) as f64 / 1000.0)
 }
 
-fn thousands(n: u64) -> String {
+/// `n` with a comma every three digits, as the tables print numbers.
+pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -597,4 +495,143 @@ fn print_fanout(fanout: &Value) -> Result<()> {
         best["broadcaster_cpu_us_per_event"].as_f64().unwrap_or(0.0)
     );
     Ok(())
+}
+
+/// The target of issue 10: every stream back and resumed within 10 s of a restart.
+const RECOVERY_TARGET_SECS: f64 = 10.0;
+
+/// Opens `streams` streams on a fresh broadcaster from `bin`, `per_thread` on each thread, and
+/// restarts it (SIGTERM, then a new process on the same address) when the load generator says it
+/// is READY; returns what the load generator measured, with the new broadcaster's table reads
+/// for the recovery.
+fn restart(
+    stack: &Stack,
+    bin: &std::path::Path,
+    streams: usize,
+    per_thread: usize,
+) -> Result<Value> {
+    let limit = streams + 1000;
+    let first = stack.broadcaster_from(bin, limit)?;
+    let (addr, pid) = (first.addr, first.pid());
+    let mut first = Some(first);
+    let mut second = None;
+    let mut measured = stack.loadgen_with(
+        addr,
+        pid,
+        &[
+            "restart",
+            "--streams",
+            &streams.to_string(),
+            "--per-thread",
+            &per_thread.to_string(),
+        ],
+        |line| {
+            if line == "READY" {
+                if let Some(first) = first.take() {
+                    let stopped = first.stop()?;
+                    eprintln!(
+                        "restart: the broadcaster stopped in {stopped:.1?}; starting it again"
+                    );
+                    second = Some(stack.broadcaster_at(bin, addr, limit)?);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let second = second.context("the load generator never said READY")?;
+    let reads = |purpose: &str| {
+        second.metric(&format!(
+            "threadcast_table_reads_total{{purpose=\"{purpose}\"}}"
+        ))
+    };
+    measured["restart"]["table_reads"] = serde_json::json!({
+        "baseline": reads("baseline"),
+        "catch_up": reads("catch_up"),
+        "repair": reads("repair"),
+    });
+    second.stop()?;
+    Ok(measured)
+}
+
+fn print_restart(runs: &[Value]) -> Vec<String> {
+    println!("Open rate and a restart (SIGTERM, a new process on the same address; streams come back as EventSource does)\n");
+    println!("| streams | per thread | open rate | replies written while down | back (joined) | resumed exactly | table reads after: baseline / catch-up / repair | doubled / lost |");
+    println!("|---:|---:|---:|---:|---:|---:|---|---|");
+    let mut verdicts = Vec::new();
+    for run in runs {
+        let r = &run["restart"];
+        let seconds = |v: &Value| v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"));
+        println!(
+            "| {} | {} | {}/s | {} | {} | {} | {} / {} / {} | {} / {} |",
+            thousands(r["streams"].as_u64().unwrap_or(0)),
+            thousands(
+                r["streams"].as_u64().unwrap_or(0) / r["threads"].as_u64().unwrap_or(1).max(1)
+            ),
+            thousands(r["open_rate"].as_f64().unwrap_or(0.0) as u64),
+            thousands(r["writes_while_down"].as_u64().unwrap_or(0)),
+            seconds(&r["rejoined_seconds"]),
+            seconds(&r["recovered_seconds"]),
+            r["table_reads"]["baseline"],
+            r["table_reads"]["catch_up"],
+            r["table_reads"]["repair"],
+            r["doubled"],
+            r["lost"],
+        );
+        let recovered = r["recovered_seconds"].as_f64().unwrap_or(f64::MAX);
+        let exact =
+            r["doubled"] == 0 && r["lost"] == 0 && r["out_of_order"] == 0 && r["all_back"] == true;
+        verdicts.push(format!(
+            "restart with {} streams ({} per thread): back and resumed in {:.2} s, {} (target: within {RECOVERY_TARGET_SECS} s, exactly): {}",
+            thousands(r["streams"].as_u64().unwrap_or(0)),
+            r["streams"].as_u64().unwrap_or(0) / r["threads"].as_u64().unwrap_or(1).max(1),
+            recovered,
+            if exact { "exactly" } else { "NOT exactly" },
+            if exact && recovered <= RECOVERY_TARGET_SECS { "met" } else { "NOT met" }
+        ));
+    }
+    println!();
+    verdicts
+}
+
+fn print_flood(flood: &Value) {
+    let mib = |v: &Value| format!("{:.1} MiB", v.as_f64().unwrap_or(0.0) / 1048576.0);
+    println!(
+        "Flood: a connect-only role sends {} notifications ({} forged, {} replays of genuine ones) while {} replies/s flow to {} streams on {} threads\n",
+        thousands(flood["notifications"].as_u64().unwrap_or(0)),
+        thousands(flood["forged"].as_u64().unwrap_or(0)),
+        thousands(flood["replayed"].as_u64().unwrap_or(0)),
+        flood["reply_rate"],
+        flood["streams"],
+        flood["threads"],
+    );
+    println!("| replies | receipts | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, key) in [
+        ("without the flood", "latency_without"),
+        ("during the flood", "latency_during"),
+    ] {
+        let l = &flood[key];
+        println!(
+            "| {label} | {} | {} | {} | {} |",
+            thousands(l["samples"].as_u64().unwrap_or(0)),
+            ms(&l["p50_us"]),
+            ms(&l["p99_us"]),
+            ms(&l["max_us"]),
+        );
+    }
+    println!(
+        "\nsent in {:.1} s, taken by the broadcaster in {:.1} s ({} notifications/s, {:.1} s of CPU); RSS {} before, peak {}; {} rejected, {} stale, {} dropped for a full buffer (every live thread then read the table); replies doubled {}, lost {}, all arrived: {}",
+        flood["sent_seconds"].as_f64().unwrap_or(0.0),
+        flood["taken_seconds"].as_f64().unwrap_or(0.0),
+        thousands(flood["taken_per_second"].as_f64().unwrap_or(0.0) as u64),
+        flood["broadcaster_cpu_seconds"].as_f64().unwrap_or(0.0),
+        mib(&flood["rss_before_bytes"]),
+        mib(&flood["peak_rss_bytes"]),
+        thousands(flood["rejected"].as_f64().unwrap_or(0.0) as u64),
+        thousands(flood["stale"].as_f64().unwrap_or(0.0) as u64),
+        thousands(flood["dropped"].as_f64().unwrap_or(0.0) as u64),
+        flood["doubled"],
+        flood["lost"],
+        flood["all_arrived"],
+    );
 }

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 pub use threadcast_harness::Cluster;
 
-use crate::cmd::{self, as_postgres};
+use std::process::Command;
+
+use threadcast_harness::cluster::as_postgres;
+
+use crate::cmd;
 
 fn postgres_can_use(dir: &Path) -> bool {
-    as_postgres("test")
-        .arg("-x")
-        .arg(dir)
+    as_postgres(Command::new("test").arg("-x").arg(dir))
         .status()
         .map(|s| s.success())
         .unwrap_or(false)

@@ -1,5 +1,5 @@
-//! Running commands: echo them, fail with context, and run servers as the `postgres` user,
-//! because PostgreSQL refuses to run as root.
+//! Running commands: echo them, fail with context, run them with root rights where needed.
+//! (Servers run as `postgres` through the harness's `cluster::as_postgres`.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,23 +41,6 @@ pub fn privileged(program: &str) -> Command {
         c.arg(program);
         c
     }
-}
-
-/// A command that runs as the `postgres` system user.
-pub fn as_postgres(program: impl AsRef<Path>) -> Command {
-    let mut c = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]);
-        c
-    } else {
-        let mut c = Command::new("sudo");
-        c.args(["-u", "postgres", "--"]);
-        c
-    };
-    c.arg(program.as_ref());
-    // A Rust backtrace in every ERROR's DETAIL is noise for a DBA.
-    c.env_remove("RUST_BACKTRACE");
-    c
 }
 
 fn describe(c: &Command) -> String {

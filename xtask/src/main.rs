@@ -2,12 +2,15 @@
 //! brings up PostgreSQL with the extension and the broadcaster, `lint` checks formatting and
 //! clippy, `test` runs every test (`--quick`: the inner loop), `bench` measures.
 
+mod bench_proxy;
+mod bench_replicas;
 mod bench_stream;
 mod bench_trigger;
 mod cluster;
 mod cmd;
 mod demo;
 mod lint;
+mod procstat;
 mod setup;
 mod soak;
 mod stack;
@@ -28,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install what is missing: PostgreSQL 15 and its headers, libclang, sudo, Chromium and its
-    /// driver, Node.js, and cargo-pgrx 0.18.0.
+    /// driver, nginx and certutil, Node.js, and cargo-pgrx 0.18.0.
     Setup,
     /// Set up, start a throwaway PostgreSQL with the extension and demo data, and run the
     /// broadcaster with its demo page until Ctrl-C.
@@ -51,9 +54,13 @@ enum Task {
 enum Bench {
     /// pgbench inserts with no trigger, a PL/pgSQL pg_notify trigger, contrib's tcn, and threadcast.
     Trigger(bench_trigger::Args),
-    /// Commit-to-receive latency, RSS per idle stream, and fan-out at saturation, with the
-    /// broadcaster and a load generator as processes of their own.
-    Stream(bench_stream::Args),
+    /// Commit-to-receive latency, RSS per idle stream, fan-out at saturation, the open rate, a
+    /// restart under load and a flood of notifications, with the broadcaster and a load
+    /// generator as processes of their own. (Boxed: its flags make it the largest.)
+    Stream(Box<bench_stream::Args>),
+    /// A reply's latency through nginx (deploy/nginx/threadcast.conf, TLS) against straight to
+    /// the broadcaster, side by side.
+    Proxy(bench_proxy::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,7 +70,8 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => lint::run(),
         Task::Test(args) => test::run(args),
         Task::Bench(Bench::Trigger(args)) => bench_trigger::run(args),
-        Task::Bench(Bench::Stream(args)) => bench_stream::run(args),
+        Task::Bench(Bench::Stream(args)) => bench_stream::run(*args),
+        Task::Bench(Bench::Proxy(args)) => bench_proxy::run(args),
         Task::Soak(args) => soak::run(args),
     }
 }

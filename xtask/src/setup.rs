@@ -24,6 +24,10 @@ const APT_PACKAGES: &[&str] = &[
     // Browser tests drive Debian's Chromium through its WebDriver; no browser is downloaded.
     "chromium",
     "chromium-driver",
+    // The deploy tests run deploy/nginx/ in Debian's nginx, and make Chromium trust their test CA
+    // with certutil.
+    "nginx",
+    "libnss3-tools",
 ];
 
 fn installed(package: &str) -> bool {

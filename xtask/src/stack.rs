@@ -200,6 +200,90 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Starts a load generator that keeps running (`loadgen hold`), talking over its stdin and
+    /// stdout; `first` stands for the replicas in the flags every phase takes.
+    pub fn loadgen_process(&self, first: &Broadcaster, args: &[String]) -> Result<Loadgen> {
+        let mut command = Command::new(self.bin.join("loadgen"));
+        command
+            .arg("--addr")
+            .arg(first.addr.to_string())
+            .arg("--pid")
+            .arg(first.pid().to_string())
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .env("THREADCAST_JWT_SECRET", &self.secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: as above.
+        unsafe {
+            command.pre_exec(|| {
+                raise_open_files();
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().context("cannot start the load generator")?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Loadgen {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// A one-hour token for `thread`, from the broadcaster's own `token` command.
+    pub fn token(&self, thread: &str) -> Result<String> {
+        let out = cmd::output(
+            Command::new(self.bin.join("threadcast-broadcaster"))
+                .args(["token", "--feedback-id", thread, "--ttl", "1h"])
+                .env("THREADCAST_JWT_SECRET", &self.secret),
+        )?;
+        Ok(out.trim().to_owned())
+    }
+
+    /// psql on the database.
+    pub fn psql(&self) -> Command {
+        self.cluster.psql("threadcast")
+    }
+}
+
+/// A running `loadgen hold`: one JSON object per line each way.
+pub struct Loadgen {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Loadgen {
+    /// The next line it prints, as JSON.
+    pub fn read(&mut self) -> Result<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the load generator exited ({:?})", self.child.try_wait()?);
+        }
+        serde_json::from_str(line.trim()).with_context(|| format!("load generator said {line}"))
+    }
+
+    /// Sends `command` and reads its answer.
+    pub fn ask(&mut self, command: &str) -> Result<serde_json::Value> {
+        writeln!(self.stdin, "{command}")?;
+        self.stdin.flush()?;
+        self.read()
+    }
+}
+
+impl Drop for Loadgen {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
         let _ = self.cluster.stop();
@@ -246,6 +330,13 @@ impl Broadcaster {
                     .ok()
             })
             .unwrap_or(0.0)
+    }
+
+    /// SIGKILL, as a crash would: its connections are closed by the kernel, mid-stream.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     /// SIGTERM, as an orchestrator would, then waits for the graceful shutdown; returns how
@@ -295,8 +386,25 @@ fn raise_open_files() {
     }
 }
 
-/// The body of `GET path` on `addr`, or None when it does not answer.
-fn get_body(addr: SocketAddr, path: &str) -> Option<String> {
+/// A writer's connection to `url` and its statement that inserts one reply into a thread (`$1`,
+/// the thread key as text) and returns its seq.
+pub async fn reply_writer(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio_postgres::Statement)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let insert = client
+        .prepare(
+            "INSERT INTO feedback_replies (feedback_id, author_type, author_name, content)
+             VALUES ($1::text::uuid, 'agency', 'Bench', 'A reply of ordinary length, about as long as people write.')
+             RETURNING thread_seq",
+        )
+        .await?;
+    Ok((client, insert))
+}
+
+/// The body of `GET path` on `addr` (HTTP/1.1, `Connection: close`), or None.
+pub fn get_body(addr: SocketAddr, path: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -304,8 +412,10 @@ fn get_body(addr: SocketAddr, path: &str) -> Option<String> {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response);
+    // The body may be chunked; chunk-size lines never look like `name value` series lines.
     Some(text.split_once("\r\n\r\n")?.1.to_owned())
 }
 

@@ -3,12 +3,12 @@
 //! large for NOTIFY) and whenever the stream joined.
 //!
 //! The path is `listener → delivery → stream`: the listener hands each notification to
-//! [`Delivery::notify`]; [`trust`] decides what it is trusted for; the [`registry`] offers it to
-//! its thread's [`inbox`], which keeps what it is worth (bounded, coalesced); the thread's task
-//! ([`thread`]) forwards it, or repairs from the [`Store`] what it cannot carry, into each
-//! subscriber's bounded queue ([`queue`]); a stream's [`Feed`] does the subscribe/catch-up
-//! hand-over ([`handover`]) and yields the events to write. Seq bookkeeping and table paging are
-//! [`cursor`]'s.
+//! [`Delivery::notify`]; `trust.rs` decides what it is trusted for; `registry.rs` offers it to its
+//! thread's inbox (`inbox.rs`), which keeps what it is worth (bounded, coalesced); the thread's
+//! task (`thread.rs`) forwards it, or repairs from the [`Store`] what it cannot carry, into each
+//! subscriber's bounded queue (`queue.rs`); a stream's [`Feed`] does the subscribe/catch-up
+//! hand-over (`handover.rs`) and yields the events to write. Seq bookkeeping and table paging are
+//! `cursor.rs`'s.
 //!
 //! Module graph (no cycles): `mod → {registry, thread, trust, handover, subscription, inbox}`,
 //! `thread → {registry, cursor, trust, msg, inbox, queue}`, `handover → {cursor, subscription}`,
@@ -167,16 +167,8 @@ impl Delivery {
     pub async fn notify(&self, channel: &str, payload: &str) {
         let mut verdict = self.trust.admit(channel, payload);
         if let Verdict::Reject(PayloadError::UnknownKey(_)) = verdict {
-            if self.key_reads.check().is_ok() {
-                if let Ok(changed) = self.reload_keys().await {
-                    verdict = self.trust.admit(channel, payload);
-                    if changed {
-                        // A key made since the last read: genuine notifications signed with it
-                        // may have been refused before this one (the re-read waits its turn, once
-                        // a second), so every live thread reads what they said from the table.
-                        self.resync_all();
-                    }
-                }
+            if self.key_reads.check().is_ok() && self.refresh_keys().await.is_ok() {
+                verdict = self.trust.admit(channel, payload);
             }
         }
         match verdict {
@@ -195,6 +187,15 @@ impl Delivery {
             Verdict::Reject(error) => {
                 self.ctx.metrics.notifications_rejected.inc();
                 self.trust.warn_rejected(&error);
+                // Signed by a key that could not be read just now (the database unreachable,
+                // or key reads spent on forged ids): the change may be genuine. Its thread, if
+                // it has subscribers, reads the table instead, which takes nothing from the
+                // notification; so a rotation never costs a live change.
+                if let PayloadError::UnknownKey(_) = error {
+                    if let Some(thread) = self.trust.unverified_thread(channel, payload) {
+                        self.ctx.registry.resync(&thread);
+                    }
+                }
             }
         }
     }
@@ -202,16 +203,12 @@ impl Delivery {
     /// Reads the signing keys from the store (each time the LISTEN connection is established,
     /// and when a notification names a key not known yet).
     pub async fn refresh_keys(&self) -> Result<(), StoreError> {
-        self.reload_keys().await.map(|_| ())
-    }
-
-    /// Reads the keys; true if they changed.
-    async fn reload_keys(&self) -> Result<bool, StoreError> {
         let keys = self.ctx.store.keys().await?;
         if keys.is_empty() {
             tracing::warn!("threadcast.keys holds no key: no notification can be trusted");
         }
-        Ok(self.trust.set_keys(keys))
+        self.trust.set_keys(keys);
+        Ok(())
     }
 
     /// Follows a changed registration of the served table: its channel, its payload mode. The

@@ -68,6 +68,13 @@ impl Registry {
         self.threads().get(thread).map(|inbox| inbox.offer(notice))
     }
 
+    /// Asks `thread`'s task, if it has one, to read its table to the end.
+    pub fn resync(&self, thread: &str) {
+        if let Some(inbox) = self.threads().get(thread) {
+            inbox.resync();
+        }
+    }
+
     /// Asks every task to read its thread's table to the end.
     pub fn resync_all(&self) {
         for inbox in self.threads().values() {

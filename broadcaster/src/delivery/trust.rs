@@ -76,12 +76,9 @@ impl Trust {
         }
     }
 
-    /// Replaces the keys notifications are checked with; true if they changed.
-    pub fn set_keys(&self, keys: KeyRing) -> bool {
-        let mut current = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        let changed = *current != keys;
-        *current = keys;
-        changed
+    /// Replaces the keys notifications are checked with.
+    pub fn set_keys(&self, keys: KeyRing) {
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
     }
 
     /// Follows the source's registration when it changes (`threadcast.enable` run again with
@@ -119,6 +116,15 @@ impl Trust {
             body,
         };
         Verdict::Admit(payload.thread.into_owned(), notice)
+    }
+
+    /// The thread a notification on our channel and table names, its signature unchecked: only
+    /// for asking that thread to read the table, which trusts nothing else from it.
+    pub fn unverified_thread(&self, channel: &str, text: &str) -> Option<String> {
+        let payload = Payload::decode(text).ok()?;
+        let rule = self.rule.read().unwrap_or_else(|e| e.into_inner());
+        (channel == rule.channel && payload.src == Some(rule.src))
+            .then(|| payload.thread.into_owned())
     }
 
     /// Reports a refused notification, at most once per [`WARN_EVERY`].

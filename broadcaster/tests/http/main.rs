@@ -5,7 +5,9 @@
 
 mod caps;
 mod cors;
+mod demo;
 mod ops;
+mod replies;
 mod stream_auth;
 mod support;
 mod wire;

@@ -60,12 +60,15 @@ pub enum TableChange {
     Reply { id: String, row: serde_json::Value },
     /// A delete (its tombstone).
     Delete { id: String },
+    /// A truncation: the thread was reset.
+    Reset,
 }
 
 impl TableChange {
     fn id(&self) -> &str {
         match self {
             TableChange::Reply { id, .. } | TableChange::Delete { id } => id,
+            TableChange::Reset => "",
         }
     }
 }
@@ -154,6 +157,7 @@ pub fn check(events: &[SseEvent], committed: &Committed) -> Result<(), String> {
         match (table.get(&seq), event.event.as_str()) {
             (Some(TableChange::Reply { row, .. }), REPLY) if *row == data => {}
             (Some(TableChange::Delete { id: deleted }), DELETE) if deleted == id => {}
+            (Some(TableChange::Reset), kind) if kind == ChangeKind::Reset.as_str() => {}
             (Some(expected), _) => {
                 let _ = writeln!(
                     report,

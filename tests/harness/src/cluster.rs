@@ -292,7 +292,8 @@ pub fn as_postgres(command: &Command) -> Command {
     wrapped
 }
 
-fn chown_to_postgres(path: &Path) -> Result<(), ClusterError> {
+/// Gives `path` to `postgres` when we are root (files the server reads must be its own).
+pub fn chown_to_postgres(path: &Path) -> Result<(), ClusterError> {
     if !is_root() {
         return Ok(());
     }

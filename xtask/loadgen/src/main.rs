@@ -6,6 +6,7 @@
 mod bench;
 mod fleet;
 mod flood;
+mod hold;
 mod procfs;
 mod soak;
 mod sse_client;
@@ -107,6 +108,8 @@ enum Phase {
     },
     /// Streams, writers, disconnects and LISTEN kills for a while; then exactly-once checks.
     Soak(threadcast_harness::SoakArgs),
+    /// Holds streams over several replicas until told to report (multi-replica benchmark).
+    Hold(hold::Args),
 }
 
 #[tokio::main]
@@ -183,6 +186,7 @@ async fn main() -> Result<()> {
             flood::flood(target, db, cli.pid, run).await?
         }
         Phase::Soak(args) => soak::run(target, db, cli.pid, args).await?,
+        Phase::Hold(args) => hold::run(target, db, args).await?,
     };
     println!("{result}");
     Ok(())
