@@ -137,12 +137,22 @@ impl TestServer {
         }
         let mut stream = SseStream::open(request).await?;
         // The first frame is `retry:`; once it is here the handler has subscribed, so a change
-        // committed from now on reaches this stream.
+        // committed from now on reaches this stream. A live start's also says where it joined.
         let first = stream.next_item().await;
         assert!(
             matches!(first, Some(crate::sse::SseItem::Retry(_))),
             "a stream starts with retry:, got {first:?}"
         );
+        let live = last_event_id.is_none()
+            && !extra.contains("lastEventId=")
+            && !extra.contains("history=");
+        if live {
+            let joined = stream.next_item().await;
+            assert!(
+                matches!(joined, Some(crate::sse::SseItem::Joined(_))),
+                "a live stream says where it joined, got {joined:?}"
+            );
+        }
         Ok(stream)
     }
 
