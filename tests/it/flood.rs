@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use threadcast_broadcaster::auth::{Keys, Role};
+use threadcast_harness::flood;
 use threadcast_tests::{
     assert_every_subscriber_got_exactly_once, db, eventually, Cluster, SseStream, Subscriber,
     TestDb, Writer,
@@ -95,9 +96,7 @@ impl Process {
             .text()
             .await
             .expect("read /metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        threadcast_tests::metric_value(&text, name)
     }
 }
 
@@ -150,10 +149,7 @@ async fn a_flood_from_a_connect_only_role_keeps_memory_bounded_and_real_replies_
         db.insert_reply(threads[i % threads.len()], &format!("captured {i}"))
             .await;
     }
-    flooder
-        .batch_execute("CREATE TEMP TABLE captured (payload text)")
-        .await
-        .unwrap();
+    flooder.batch_execute(flood::CAPTURED_TABLE).await.unwrap();
     for _ in 0..CAPTURED {
         let payload = heard.recv().await.expect("a genuine notification");
         flooder
@@ -185,33 +181,15 @@ async fn a_flood_from_a_connect_only_role_keeps_memory_bounded_and_real_replies_
             i
         }
     });
-    let src: i64 = db
-        .client
-        .query_one("SELECT 'public.feedback_replies'::regclass::oid::int8", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let src = db.source_oid().await;
     let forger = db::connect(&flooder_url).await;
-    let forge = format!(
-        "SELECT pg_notify('threadcast', format(
-             '{{\"v\":2,\"op\":\"I\",\"table\":\"public.feedback_replies\",\"src\":{src},\"thread\":\"%s\",\"seq\":%s,\"id\":\"x\",\"row\":{{\"content\":\"forged %s\"}},\"kid\":%s,\"sig\":\"%s\"}}',
-             '{thread}', i, i, CASE WHEN i % 10 = 0 THEN 99 ELSE 1 END, repeat('A', 43)))
-           FROM generate_series(1, {FORGED}) i",
-        thread = threads[0],
-    );
+    let forge = flood::forged(src, &threads[0].to_string(), 1, FORGED.into());
     // Identical payloads in one transaction are sent once: one transaction per round of replays.
     flooder
         .batch_execute("SET synchronous_commit = off")
         .await
         .unwrap();
-    let replay = format!(
-        "DO $$ BEGIN
-           FOR round IN 1..{REPLAYS} LOOP
-             PERFORM pg_notify('threadcast', payload) FROM captured;
-             COMMIT;
-           END LOOP;
-         END $$"
-    );
+    let replay = flood::replays(REPLAYS.into());
     let (forged, replayed) =
         tokio::join!(forger.batch_execute(&forge), flooder.batch_execute(&replay));
     forged.expect("a role that may connect may NOTIFY");

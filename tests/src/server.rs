@@ -167,13 +167,7 @@ impl TestServer {
             .text()
             .await
             .expect("read /metrics");
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                (series == name).then(|| value.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
+        crate::metric_value(&text, name)
     }
 
     /// Fires shutdown and waits for the server to finish; returns how long that took.

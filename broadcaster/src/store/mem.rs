@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::{
-    Change, ChangeBody, DemoThread, InsertError, NewReply, PageSize, Store, StoreError, Stored,
+    within_bytes, Change, ChangeBody, DemoThread, InsertError, NewReply, PageSize, Store,
+    StoreError, Stored,
 };
 use crate::source::Source;
 
@@ -362,17 +363,12 @@ impl Store for MemStore {
                 return Vec::new();
             }
             // As PostgreSQL does: stop reading at the bound, rather than read and cut.
-            let mut bytes = 0;
-            log.changes
+            let rows = log
+                .changes
                 .range(after + 1..=until)
                 .take(page.rows.max(0) as usize)
-                .map(|(seq, entry)| change(thread, *seq, entry))
-                .take_while(|c| {
-                    let fits = bytes < page.bytes;
-                    bytes += c.size();
-                    fits
-                })
-                .collect::<Vec<_>>()
+                .map(|(seq, entry)| change(thread, *seq, entry));
+            within_bytes(rows, page.bytes).collect::<Vec<_>>()
         });
         if let Ok(changes) = &changes {
             self.reads.page(changes);
@@ -399,20 +395,14 @@ impl Store for MemStore {
             let Some(log) = state.threads.get(thread) else {
                 return Vec::new();
             };
-            let mut bytes = 0;
-            let mut rows: Vec<Change> = log
+            let newest_first = log
                 .changes
                 .iter()
                 .rev()
                 .filter(|(_, entry)| matches!(entry, Entry::Row(_)))
                 .take(n.max(0) as usize)
-                .map(|(seq, entry)| change(thread, *seq, entry))
-                .take_while(|c| {
-                    let fits = bytes < max_bytes;
-                    bytes += c.size();
-                    fits
-                })
-                .collect();
+                .map(|(seq, entry)| change(thread, *seq, entry));
+            let mut rows: Vec<Change> = within_bytes(newest_first, max_bytes).collect();
             rows.reverse();
             rows
         });

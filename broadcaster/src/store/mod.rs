@@ -43,16 +43,8 @@ impl Default for PageSize {
 impl PageSize {
     /// Cuts `changes` (in seq order) after the change that brings them to `bytes`.
     pub fn cut(self, changes: &mut Vec<Change>) {
-        let mut total = 0;
-        let keep = changes
-            .iter()
-            .take_while(|c| {
-                let fits = total < self.bytes;
-                total += c.size();
-                fits
-            })
-            .count();
-        changes.truncate(keep.max(1).min(changes.len()));
+        let keep = within_bytes(changes.iter().cloned(), self.bytes).count();
+        changes.truncate(keep);
     }
 
     /// Whether a page this full may have been cut short, so that more may follow it.
@@ -81,6 +73,20 @@ pub enum ChangeBody {
     Delete { id: String },
     /// The table was truncated: every earlier change of the thread is gone.
     Reset,
+}
+
+/// `changes` up to and including the one that brings them to `bytes` of data: the first one
+/// whatever its size, no more once the total has reached `bytes`.
+pub fn within_bytes(
+    changes: impl Iterator<Item = Change>,
+    bytes: usize,
+) -> impl Iterator<Item = Change> {
+    let mut total = 0;
+    changes.take_while(move |c| {
+        let fits = total < bytes.max(1);
+        total += c.size();
+        fits
+    })
 }
 
 impl Change {

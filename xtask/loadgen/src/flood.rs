@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
+use threadcast_harness::flood as flood_sql;
+
 use crate::fleet::{thread_id, Fleet, Receipt, Target};
 use crate::procfs;
 use crate::stats::Summary;
@@ -51,6 +53,9 @@ pub async fn flood(target: Arc<Target>, db: &str, pid: u32, flood: Flood) -> Res
             fleet.first_error.lock().unwrap()
         );
     }
+    // The streams started live: they are owed what follows each thread's counter now (the
+    // threads may carry replies of an earlier run).
+    let joined_at = current_seqs(db, &threads).await?;
 
     // The flooder: a role that may connect and nothing more.
     let admin = writer::connect(db).await?;
@@ -100,8 +105,9 @@ pub async fn flood(target: Arc<Target>, db: &str, pid: u32, flood: Flood) -> Res
         .get(0);
     let forger = connect(&as_flooder).await?;
     let replayer = connect(&as_flooder).await?;
+    replayer.batch_execute(flood_sql::CAPTURED_TABLE).await?;
     replayer
-        .batch_execute("CREATE TEMP TABLE captured (payload text); SET synchronous_commit = off")
+        .batch_execute("SET synchronous_commit = off")
         .await?;
     for payload in &captured {
         replayer
@@ -126,30 +132,15 @@ pub async fn flood(target: Arc<Target>, db: &str, pid: u32, flood: Flood) -> Res
         let mut sent = 0;
         while sent < forged {
             let n = FORGED_PER_STATEMENT.min(forged - sent);
+            let thread = threads[0].to_string();
             forger
-                .batch_execute(&format!(
-                    "SELECT pg_notify('threadcast', format(
-                         '{{\"v\":2,\"op\":\"I\",\"table\":\"public.feedback_replies\",\"src\":{src},\"thread\":\"%s\",\"seq\":%s,\"id\":\"x\",\"row\":{{\"content\":\"forged %s\"}},\"kid\":%s,\"sig\":\"%s\"}}',
-                         '{thread}', i, i, CASE WHEN i % 10 = 0 THEN 99 ELSE 1 END, repeat('A', 43)))
-                       FROM generate_series({from}, {to}) i",
-                    thread = threads[0],
-                    from = sent + 1,
-                    to = sent + n,
-                ))
+                .batch_execute(&flood_sql::forged(src, &thread, sent + 1, sent + n))
                 .await?;
             sent += n;
         }
         anyhow::Ok(())
     };
-    // Identical payloads in one transaction are sent once: one transaction per round.
-    let replay_sql = format!(
-        "DO $$ BEGIN
-           FOR round IN 1..{rounds} LOOP
-             PERFORM pg_notify('threadcast', payload) FROM captured;
-             COMMIT;
-           END LOOP;
-         END $$"
-    );
+    let replay_sql = flood_sql::replays(rounds);
     let (forge, replay) = tokio::join!(forge, replayer.batch_execute(&replay_sql));
     forge.context("forge notifications")?;
     replay.context("replay notifications")?;
@@ -193,7 +184,8 @@ pub async fn flood(target: Arc<Target>, db: &str, pid: u32, flood: Flood) -> Res
         rss_before >> 20,
         peak >> 20
     );
-    let (doubled, lost) = exactly_once(&receipts, db, &threads, flood.per_thread).await?;
+    let (doubled, lost) =
+        exactly_once(&receipts, db, &threads, &joined_at, flood.per_thread).await?;
     admin
         .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
         .await
@@ -297,29 +289,41 @@ fn latency(receipts: &[Receipt], commits: &[(u32, i64, Instant)]) -> Summary {
     )
 }
 
-/// Counts, over all streams, changes received twice and changes never received, against the
-/// threads' counters (every thread's streams were open before its first change).
+/// Each thread's counter now.
+async fn current_seqs(db: &str, threads: &[Uuid]) -> Result<Vec<i64>> {
+    let client = writer::connect(db).await?;
+    let mut seqs = Vec::with_capacity(threads.len());
+    for thread in threads {
+        seqs.push(
+            client
+                .query_one(
+                    "SELECT threadcast.current_seq('public.feedback_replies', $1::uuid::text)",
+                    &[thread],
+                )
+                .await?
+                .get(0),
+        );
+    }
+    Ok(seqs)
+}
+
+/// Counts, over all streams, changes received twice and changes never received: every change of
+/// each thread after `joined_at` (its counter when its streams opened), `per_thread` times.
 async fn exactly_once(
     receipts: &[Receipt],
     db: &str,
     threads: &[Uuid],
+    joined_at: &[i64],
     per_thread: u32,
 ) -> Result<(u64, u64)> {
-    let client = writer::connect(db).await?;
     let mut got: HashMap<(u32, i64), u32> = HashMap::new();
     for r in receipts {
         *got.entry((r.thread, r.seq)).or_default() += 1;
     }
     let (mut doubled, mut lost) = (0, 0);
-    for (t, thread) in threads.iter().enumerate() {
-        let current: i64 = client
-            .query_one(
-                "SELECT threadcast.current_seq('public.feedback_replies', $1::uuid::text)",
-                &[thread],
-            )
-            .await?
-            .get(0);
-        for seq in 1..=current {
+    let now = current_seqs(db, threads).await?;
+    for (t, current) in now.into_iter().enumerate() {
+        for seq in joined_at[t] + 1..=current {
             let n = got.get(&(t as u32, seq)).copied().unwrap_or(0);
             doubled += u64::from(n.saturating_sub(per_thread));
             lost += u64::from(per_thread.saturating_sub(n));

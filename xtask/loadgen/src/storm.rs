@@ -125,7 +125,12 @@ pub async fn restart(
     .await?;
     let down_at = shared.first_end.lock().unwrap().expect("set");
     let writer = Writer::connect(db).await?;
+    // What each thread's streams had before the restart (the threads may carry replies of an
+    // earlier run), then the replies written while the broadcaster is down.
     let mut expected = vec![1i64; thread_count];
+    for c in &clients {
+        expected[c.thread] = expected[c.thread].max(c.last.load(Ordering::Relaxed));
+    }
     for (t, thread) in shared.threads.iter().enumerate().take(writes_while_down) {
         let (seq, _) = writer.insert(*thread).await?;
         expected[t] = seq;
@@ -158,6 +163,7 @@ pub async fn restart(
     let mut lost = 0;
     let mut behind = 0;
     for c in &clients {
+        // Every stream opened from seq 0, so it is owed every change of its thread.
         let audit = audit_seqs(&c.received.lock().unwrap(), 1..=expected[c.thread]);
         doubled += audit.duplicated.len();
         misordered += audit.out_of_order.len();
