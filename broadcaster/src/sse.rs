@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{BoxStream, Stream};
 use threadcast_payload::JOINED_EVENT;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// One rendered event: its seq (the SSE `id`) and the frame as it goes on the wire.
 #[derive(Clone, Debug)]
@@ -96,6 +96,10 @@ pub struct KeepAlive {
     /// When the last frame went out. The timer is moved on when it fires, not on every frame:
     /// a busy stream then costs no timer update per event.
     last_frame: Instant,
+    /// When the stream ends, if it has a maximum age: the heartbeat timer also watches for it,
+    /// so that an age costs no timer of its own.
+    ends: Option<Instant>,
+    ended: bool,
 }
 
 impl KeepAlive {
@@ -105,7 +109,26 @@ impl KeepAlive {
             every,
             timer: Box::pin(tokio::time::sleep(every)),
             last_frame: Instant::now(),
+            ends: None,
+            ended: false,
         }
+    }
+
+    /// Ends the stream once it is `age` old (None: never), with [`RETRY_SOON`] as its last
+    /// frame: a stream lives a bounded time whatever its client does; one that reads resumes
+    /// exactly (`Last-Event-ID`), one that does not is gone.
+    pub fn lasting(mut self, age: Option<Duration>) -> Self {
+        self.ends = age.map(|age| Instant::now() + age);
+        if let Some(ends) = self.ends {
+            let first = self.timer.deadline().min(ends);
+            self.timer.as_mut().reset(first);
+        }
+        self
+    }
+
+    /// The next deadline: the next heartbeat, or the end if that comes first.
+    fn next_deadline(&self, heartbeat: Instant) -> Instant {
+        self.ends.map_or(heartbeat, |ends| heartbeat.min(ends))
     }
 }
 
@@ -114,6 +137,9 @@ impl Stream for KeepAlive {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         match this.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(frame)) => {
                 this.last_frame = Instant::now();
@@ -123,15 +149,21 @@ impl Stream for KeepAlive {
             Poll::Pending => loop {
                 match this.timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        let due = this.last_frame + this.every;
                         let now = Instant::now();
+                        if this.ends.is_some_and(|ends| now >= ends) {
+                            this.ended = true;
+                            return Poll::Ready(Some(Bytes::from_static(RETRY_SOON)));
+                        }
+                        let due = this.last_frame + this.every;
                         if due > now {
                             // A frame went out since the timer was set: silence is counted from it.
-                            this.timer.as_mut().reset(due);
+                            let next = this.next_deadline(due);
+                            this.timer.as_mut().reset(next);
                             continue;
                         }
                         this.last_frame = now;
-                        this.timer.as_mut().reset(now + this.every);
+                        let next = this.next_deadline(now + this.every);
+                        this.timer.as_mut().reset(next);
                         return Poll::Ready(Some(Bytes::from_static(HEARTBEAT)));
                     }
                     Poll::Pending => return Poll::Pending,
@@ -141,48 +173,30 @@ impl Stream for KeepAlive {
     }
 }
 
-/// The `retry:` a stream sends when it ends at its maximum age: the client comes back at once
-/// (the next stream's first frame sets the usual delay again).
+/// The `retry:` a stream sends when it ends at its maximum age or on shutdown: the client comes
+/// back at once (the next stream's first frame sets the usual delay again).
 pub const RETRY_SOON: &[u8] = b"retry: 250\n\n";
 
-/// Ends a stream of frames once it is `age` old, or on shutdown, with [`RETRY_SOON`] as its last
-/// frame: a stream lives a bounded time whatever its client does (one that reads reconnects and
-/// resumes exactly, with `Last-Event-ID`; one that does not is gone), and after a restart the
-/// clients come back to the new process (or another replica) without waiting the usual delay.
-/// Open streams never end by themselves otherwise; shutdown must end them (axum#2673).
-pub struct Lifetime {
-    inner: BoxStream<'static, Bytes>,
-    end: Pin<Box<dyn Future<Output = ()> + Send>>,
+/// Ends a stream of frames on shutdown, with [`RETRY_SOON`] as its last frame, so that after a
+/// restart the clients come back to the new process (or another replica) without waiting the
+/// usual delay. Open streams never end by themselves otherwise (axum#2673).
+pub struct UntilShutdown {
+    inner: KeepAlive,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     ended: bool,
 }
 
-impl Lifetime {
-    /// `inner` until `age` has passed (None: for ever) or `shutdown` fires.
-    pub fn new(
-        inner: BoxStream<'static, Bytes>,
-        age: Option<Duration>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let end = async move {
-            match age {
-                Some(age) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(age) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                }
-                None => shutdown.cancelled().await,
-            }
-        };
-        Lifetime {
+impl UntilShutdown {
+    pub fn new(inner: KeepAlive, shutdown: CancellationToken) -> Self {
+        UntilShutdown {
             inner,
-            end: Box::pin(end),
+            shutdown: Box::pin(shutdown.cancelled_owned()),
             ended: false,
         }
     }
 }
 
-impl Stream for Lifetime {
+impl Stream for UntilShutdown {
     type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
@@ -190,11 +204,11 @@ impl Stream for Lifetime {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.end.as_mut().poll(cx).is_ready() {
+        if this.shutdown.as_mut().poll(cx).is_ready() {
             this.ended = true;
             return Poll::Ready(Some(Bytes::from_static(RETRY_SOON)));
         }
-        this.inner.as_mut().poll_next(cx)
+        Pin::new(&mut this.inner).poll_next(cx)
     }
 }
 
@@ -275,22 +289,40 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_ends_at_its_age_or_on_shutdown_with_a_short_retry() {
         let shutdown = CancellationToken::new();
-        let mut stream = Lifetime::new(
-            futures::stream::pending().boxed(),
-            Some(Duration::from_secs(60)),
-            shutdown.clone(),
+        let aged = KeepAlive::new(futures::stream::pending().boxed(), Duration::from_secs(15))
+            .lasting(Some(Duration::from_secs(60)));
+        let mut stream = UntilShutdown::new(aged, shutdown.clone());
+        let started = Instant::now();
+        let mut heartbeats = 0;
+        loop {
+            let frame = stream.next().await.unwrap();
+            if &frame[..] == RETRY_SOON {
+                break;
+            }
+            assert_eq!(&frame[..], HEARTBEAT);
+            heartbeats += 1;
+        }
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(60),
+            "it ends at its age"
         );
-        assert_eq!(&stream.next().await.unwrap()[..], RETRY_SOON);
+        assert_eq!(heartbeats, 3, "with heartbeats until then");
         assert_eq!(stream.next().await, None);
-        let mut endless = Lifetime::new(
+
+        let endless = KeepAlive::new(
             futures::stream::iter([Bytes::from_static(b"a")]).boxed(),
-            None,
-            shutdown.clone(),
-        );
+            Duration::from_secs(15),
+        )
+        .lasting(None);
+        let mut endless = UntilShutdown::new(endless, shutdown.clone());
         assert_eq!(&endless.next().await.unwrap()[..], b"a");
         assert_eq!(endless.next().await, None, "the inner stream's end");
-        let mut until_shutdown =
-            Lifetime::new(futures::stream::pending().boxed(), None, shutdown.clone());
+
+        let mut until_shutdown = UntilShutdown::new(
+            KeepAlive::new(futures::stream::pending().boxed(), Duration::from_secs(15)),
+            shutdown.clone(),
+        );
         shutdown.cancel();
         assert_eq!(&until_shutdown.next().await.unwrap()[..], RETRY_SOON);
         assert_eq!(until_shutdown.next().await, None);

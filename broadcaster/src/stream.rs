@@ -23,7 +23,7 @@ use crate::caps::Held;
 use crate::delivery::{Feed, Step};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::sse::{self, KeepAlive, Lifetime};
+use crate::sse::{self, KeepAlive, UntilShutdown};
 use crate::AppState;
 
 /// The most rows `?history=N` sends; larger values are clamped.
@@ -129,9 +129,8 @@ async fn stream_thread(
         frames.next().await.map(|frame| (frame, frames))
     });
     let age = state.config.max_stream_age.map(jittered);
-    let frames = Lifetime::new(
-        KeepAlive::new(events.boxed(), state.config.heartbeat).boxed(),
-        age,
+    let frames = UntilShutdown::new(
+        KeepAlive::new(events.boxed(), state.config.heartbeat).lasting(age),
         state.shutdown.clone(),
     );
     Ok(sse::response(frames))
