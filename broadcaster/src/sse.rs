@@ -68,6 +68,11 @@ impl Event {
     }
 }
 
+/// The first frame of a stream that need not say where it joined: `retry:` alone.
+pub fn retry_frame(retry: Duration) -> Bytes {
+    first_frame(retry, None)
+}
+
 /// The first frame of every stream: how long EventSource waits before reconnecting, and, for a
 /// stream that started live, where it joined its thread.
 ///
@@ -254,6 +259,7 @@ mod tests {
     fn the_first_frame_of_a_live_start_says_where_it_joined() {
         let retry = Duration::from_millis(2000);
         assert_eq!(&first_frame(retry, None)[..], b"retry: 2000\n\n");
+        assert_eq!(retry_frame(retry), first_frame(retry, None));
         assert_eq!(
             &first_frame(retry, Some(17))[..],
             b"retry: 2000\nid: 17\nevent: joined\ndata: {}\n\n"
