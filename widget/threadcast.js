@@ -61,6 +61,10 @@ const thread = (cb, initial, seq0 = 0) => {
     get lastSeq() {
       return lastSeq
     },
+    /** Where a live start joined the thread: a resume goes on from there. */
+    joined(seq) {
+      if (seq > lastSeq) lastSeq = seq
+    },
     /** A change as the stream tells it: `reply` (the row), `delete` ({id}) or `reset`. */
     apply(kind, data, seq) {
       if (seq && seq <= lastSeq) return
@@ -188,6 +192,11 @@ export function subscribe({
         }
         state.apply(kind, data, +e.lastEventId || +data.thread_seq || 0)
       })
+    // A live start (history: 0) says where it joined the thread: resume from there, so that a
+    // drop before the first reply loses nothing committed while reconnecting.
+    s.addEventListener('joined', (e) => {
+      if (g === gen) state.joined(+e.lastEventId)
+    })
     // Refresh a little before the token expires: a new stream that resumes from lastSeq.
     const delay = refreshIn(token)
     if (delay) timer = setTimeout(() => g === gen && restart(0), delay)

@@ -10,6 +10,7 @@
 //! [`store::MemStore`] with which the whole HTTP API is tested without a database.
 
 pub mod auth;
+pub mod caps;
 pub mod config;
 pub mod dashboard;
 pub mod delivery;
@@ -30,7 +31,6 @@ pub mod stream;
 pub mod tls;
 pub mod widget;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,11 +49,13 @@ pub use crate::config::Config;
 pub use crate::error::ApiError;
 pub use threadcast_payload::APPLICATION_NAME;
 
-use crate::auth::Keys;
+use crate::auth::{Keys, MIN_SECRET_BYTES};
+use crate::caps::StreamCaps;
 use crate::dashboard::{Dashboard, DashboardSettings, PgProjects, Projects, StartProjectsError};
 use crate::delivery::{Delivery, Settings};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::ops::Readiness;
 use crate::replies::Replies;
 use crate::source::{Source, SourceError};
 use crate::store::{PgStore, Store};
@@ -64,7 +66,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The served table: catch-up, history, posted replies.
     pub store: Arc<dyn Store>,
-    /// The table served, as `threadcast.sources` describes it.
+    /// The table served, as `threadcast.sources` described it at start (the listener follows
+    /// later changes of its registration).
     pub source: Arc<Source>,
     /// Exactly-once delivery of the table's changes to streams.
     pub delivery: Delivery,
@@ -76,8 +79,11 @@ pub struct AppState {
     pub dashboard: Arc<Dashboard>,
     /// Fires on shutdown; long-lived responses end on it.
     pub shutdown: CancellationToken,
-    ready: Arc<AtomicBool>,
+    /// What `/readyz` says.
+    pub readiness: Arc<Readiness>,
     streams: Arc<Semaphore>,
+    /// Open streams per token subject and per thread.
+    caps: Arc<StreamCaps>,
 }
 
 impl AppState {
@@ -99,6 +105,7 @@ impl AppState {
             Settings {
                 subscriber_buffer: config.subscriber_buffer,
                 max_backoff: config.max_backoff,
+                page_bytes: config.page_bytes,
                 ..Settings::default()
             },
             metrics.clone(),
@@ -117,7 +124,11 @@ impl AppState {
             streams: Arc::new(Semaphore::new(
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),
-            keys: Arc::new(Keys::new(&config.jwt_secret.0)),
+            keys: Arc::new(Keys::pinned(&config.jwt_secret.0, config.jwt_pins.clone())),
+            caps: Arc::new(StreamCaps::new(
+                config.max_streams_per_subject,
+                config.max_streams_per_thread,
+            )),
             replies: Arc::new(Replies::new(&config)),
             config: Arc::new(config),
             store,
@@ -125,7 +136,7 @@ impl AppState {
             delivery,
             metrics,
             shutdown,
-            ready: Arc::new(AtomicBool::new(false)),
+            readiness: Arc::new(Readiness::default()),
         }
     }
 
@@ -142,7 +153,10 @@ impl AppState {
 
     /// Tells `/readyz` whether notifications are being received (the LISTEN connection is up).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        match ready {
+            true => self.readiness.ready(),
+            false => self.readiness.not_ready(ops::RECONNECTING),
+        }
     }
 }
 
@@ -161,6 +175,8 @@ pub enum StartError {
     Projects(#[from] StartProjectsError),
     #[error("allowed origin {0:?} is not a valid origin")]
     Origin(String),
+    #[error("the JWT secret is {0} bytes long; it must be at least {MIN_SECRET_BYTES} (make one with `openssl rand -base64 32`)")]
+    ShortSecret(usize),
     #[error("serving failed")]
     Serve(#[from] std::io::Error),
 }
@@ -213,6 +229,9 @@ impl Broadcaster {
     /// Connects to the database, looks the source up (a missing source is an error here, not
     /// later), and starts listening. Everything stops when `shutdown` fires.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        if config.jwt_secret.0.len() < MIN_SECRET_BYTES {
+            return Err(StartError::ShortSecret(config.jwt_secret.0.len()));
+        }
         for origin in &config.allowed_origins {
             if HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
                 return Err(StartError::Origin(origin.clone()));
@@ -272,7 +291,7 @@ impl Broadcaster {
         let store = Arc::new(PgStore::new(pool, (*source).clone()));
         let mut state = AppState::new(
             config,
-            store,
+            store.clone(),
             source.clone(),
             shutdown.clone(),
             tasks.clone(),
@@ -286,11 +305,14 @@ impl Broadcaster {
             Listener {
                 pg: listen_pg,
                 tls: connector,
-                source,
+                source: (*source).clone(),
+                store,
                 delivery: state.delivery.clone(),
                 metrics: state.metrics.clone(),
-                ready: state.ready.clone(),
+                readiness: state.readiness.clone(),
+                source_check: state.config.source_check,
                 max_backoff: state.config.max_backoff,
+                buffer: state.config.listener_buffer,
                 shutdown,
             }
             .run(),
@@ -307,13 +329,11 @@ impl Broadcaster {
     /// the background tasks to stop.
     pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
         let config = &self.state.config;
-        serve::serve(
-            listener,
-            router,
-            config.write_timeout,
-            self.state.shutdown.clone(),
-        )
-        .await?;
+        let timeouts = serve::Timeouts {
+            write: config.write_timeout,
+            dead_peer: config.dead_peer_timeout,
+        };
+        serve::serve(listener, router, timeouts, self.state.shutdown.clone()).await?;
         self.tasks.close();
         self.tasks.wait().await;
         tracing::info!("stopped");

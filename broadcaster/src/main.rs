@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use threadcast_broadcaster::auth::{Keys, Role};
-use threadcast_broadcaster::config::{SecretArgs, ServeArgs};
+use threadcast_broadcaster::config::{PinArgs, SecretArgs, ServeArgs};
 use threadcast_broadcaster::dashboard::mint_projects;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -45,6 +45,8 @@ enum Command {
         role: Role,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        pins: PinArgs,
     },
 }
 
@@ -60,8 +62,10 @@ fn main() -> anyhow::Result<()> {
             ttl,
             role,
             secret,
+            pins,
         }) => {
-            let keys = Keys::new(&secret.resolve().context("reading the JWT secret")?.0);
+            let secret = secret.resolve().context("reading the JWT secret")?;
+            let keys = Keys::pinned(&secret.0, pins.pins());
             let token = match feedback_id {
                 Some(thread) => keys.mint(thread, ttl, role),
                 None => mint_projects(&keys, &project, ttl, role),
@@ -172,6 +176,9 @@ mod tests {
     use clap::CommandFactory;
     use threadcast_broadcaster::rate::Rate;
 
+    const SECRET: &str = "a-secret-of-thirty-two-bytes-or-more";
+    const FROM_ENV: &str = "a-secret-from-the-environment-32-bytes";
+
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
@@ -190,8 +197,8 @@ mod tests {
     // One test for everything that reads the environment, so that no other test races it.
     #[test]
     fn serving_and_token_take_their_settings_from_flags_or_the_environment() {
-        let cli =
-            Cli::try_parse_from(["b", "--database-url", "host=db", "--jwt-secret", "s"]).unwrap();
+        let cli = Cli::try_parse_from(["b", "--database-url", "host=db", "--jwt-secret", SECRET])
+            .unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.database_url.as_deref(), Some("host=db"));
         let defaults = cli.serve.into_config().unwrap();
@@ -204,7 +211,7 @@ mod tests {
             "--database-url",
             "host=db",
             "--jwt-secret",
-            "s",
+            SECRET,
             "--demo",
             "--max-reply-chars",
             "500",
@@ -224,12 +231,39 @@ mod tests {
                 "--database-url",
                 "h",
                 "--jwt-secret",
-                "s",
+                SECRET,
                 bad[0],
                 bad[1],
             ];
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} is refused");
         }
+
+        let short = Cli::try_parse_from(["b", "--database-url", "h", "--jwt-secret", "change-me"])
+            .unwrap()
+            .serve
+            .into_config()
+            .expect_err("a 9-byte secret is refused");
+        assert!(short.to_string().contains("at least 32"), "{short}");
+        let pinned = Cli::try_parse_from([
+            "b",
+            "--database-url",
+            "h",
+            "--jwt-secret",
+            SECRET,
+            "--jwt-issuer",
+            "https://app.example",
+            "--jwt-audience",
+            "threadcast",
+        ])
+        .unwrap()
+        .serve
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            pinned.jwt_pins.issuer.as_deref(),
+            Some("https://app.example")
+        );
+        assert_eq!(pinned.jwt_pins.audience.as_deref(), Some("threadcast"));
 
         let cli = Cli::try_parse_from([
             "b",
@@ -237,7 +271,7 @@ mod tests {
             "--feedback-id",
             &Uuid::nil().to_string(),
             "--jwt-secret",
-            "s",
+            SECRET,
         ]);
         assert!(
             matches!(cli.unwrap().command, Some(Command::Token { .. })),
@@ -263,7 +297,7 @@ mod tests {
         );
 
         std::env::set_var("DATABASE_URL", "host=from-env");
-        std::env::set_var("THREADCAST_JWT_SECRET", "from-env");
+        std::env::set_var("THREADCAST_JWT_SECRET", FROM_ENV);
         std::env::set_var("THREADCAST_HEARTBEAT_SECS", "3");
         std::env::set_var("THREADCAST_DEMO", "1");
         std::env::set_var("THREADCAST_REPLY_RATE", "off");
@@ -276,6 +310,6 @@ mod tests {
         );
         assert!(config.demo, "THREADCAST_DEMO=1 turns demo mode on");
         assert_eq!(config.reply_rate, None, "THREADCAST_REPLY_RATE=off");
-        assert_eq!(config.jwt_secret.0, b"from-env");
+        assert_eq!(config.jwt_secret.0, FROM_ENV.as_bytes());
     }
 }

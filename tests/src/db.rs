@@ -105,6 +105,15 @@ impl TestDb {
         }))
     }
 
+    /// The oid of `public.feedback_replies`, which notifications name it by (`src`).
+    pub async fn source_oid(&self) -> i64 {
+        self.client
+            .query_one("SELECT 'public.feedback_replies'::regclass::oid::int8", &[])
+            .await
+            .expect("the replies table exists")
+            .get(0)
+    }
+
     /// A new feedback thread; returns its id (the thread key).
     pub async fn create_thread(&self) -> Uuid {
         let row = self

@@ -77,6 +77,17 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The value of the series `name` (labels included) in `/metrics` text, or 0 if absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series == name).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
 /// The seqs of `events`, for assertions about order.
 pub fn seqs(events: &[SseEvent]) -> Vec<i64> {
     events.iter().map(SseEvent::seq).collect()

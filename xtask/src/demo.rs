@@ -68,7 +68,7 @@ pub fn run(args: Args) -> Result<()> {
         "GRANT SELECT ON public.feedback TO threadcast_broadcaster",
     ]))?;
 
-    let secret = format!("demo-secret-{}", std::process::id());
+    let secret = format!("demo-secret-of-32-bytes-or-more-{}", std::process::id());
     let url = cluster.uri(db, "postgres");
     let broadcaster_url = cluster.uri(db, "threadcast_broadcaster");
     let bin = cmd::target_dir().join("debug/threadcast-broadcaster");

@@ -67,7 +67,8 @@ async fn open_stream(
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Unavailable("too many open streams; try again later".into()))?;
-    let slot = Slot::open(permit, state.metrics.clone());
+    let held = state.caps.hold_scope(&scope.key())?;
+    let slot = Slot::open(permit, held, state.metrics.clone());
     let (registration, commands, followed) = dashboard.register(scope.clone());
     let open = wire::open(registration.id());
     let connection = Connection::new(

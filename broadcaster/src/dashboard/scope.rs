@@ -44,6 +44,24 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The scope in one canonical string (`thread:<key>` or `projects:<a>,<b>`): a subject for
+    /// the per-subject cap on open streams.
+    pub fn key(&self) -> String {
+        match self {
+            Scope::Thread(thread) => format!("thread:{thread}"),
+            Scope::Projects(projects) => {
+                format!(
+                    "projects:{}",
+                    projects
+                        .iter()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            }
+        }
+    }
+
     /// Whether `project` is one of the scope's projects.
     pub fn has_project(&self, project: &str) -> bool {
         matches!(self, Scope::Projects(projects) if projects.contains(project))

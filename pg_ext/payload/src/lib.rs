@@ -18,7 +18,7 @@ pub mod sign;
 
 use std::borrow::Cow;
 
-pub use names::{ChangeKind, PayloadMode, UnknownPayloadMode, APPLICATION_NAME};
+pub use names::{ChangeKind, PayloadMode, UnknownPayloadMode, APPLICATION_NAME, JOINED_EVENT};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
