@@ -193,7 +193,15 @@ impl Connection {
                 // The registration holds the sender for as long as the stream lives.
                 Wake::Command(None) => self.ended = true,
                 Wake::Step((thread, generation, step)) => self.on_step(thread, generation, step),
-                Wake::Recheck => Box::pin(self.recheck()).await,
+                Wake::Recheck => {
+                    Box::pin(self.recheck()).await;
+                    // The next re-check is a whole period after this one ended: one that took
+                    // longer than the period (a slow database) must not leave the next tick
+                    // ready at once, or re-checks, polled first, would starve the events.
+                    if let Some(every) = &mut self.recheck {
+                        every.reset();
+                    }
+                }
                 Wake::Admitted(admitted) => Box::pin(self.on_admitted(admitted)).await,
             }
         }

@@ -45,7 +45,9 @@ pub enum SseItem {
     Comment(String),
     /// A `retry:` field.
     Retry(u64),
-    /// A `joined` event: where a stream that started live joined its thread (its `id:`).
+    /// A widget stream's `joined` event: where a stream that started live joined its thread (its
+    /// `id:`). A dashboard stream's `joined` events (one per thread, no `id:`, the thread and seq
+    /// in their data) are plain events.
     Joined(String),
 }
 
@@ -59,6 +61,8 @@ pub struct SseParser {
     last_event_id: Option<String>,
     event: Option<String>,
     data: Option<String>,
+    /// Whether the block being read has an `id:` line.
+    block_has_id: bool,
 }
 
 impl SseParser {
@@ -94,7 +98,7 @@ impl SseParser {
             self.last_event_id.clone_from(&self.id);
             if let Some(data) = self.data.take() {
                 let event = self.event.take().unwrap_or_else(|| "message".to_owned());
-                items.push(if event == JOINED_EVENT {
+                items.push(if event == JOINED_EVENT && self.block_has_id {
                     SseItem::Joined(self.id.clone().unwrap_or_default())
                 } else {
                     SseItem::Event(SseEvent {
@@ -105,6 +109,7 @@ impl SseParser {
                 });
             }
             self.event = None;
+            self.block_has_id = false;
             return;
         }
         if let Some(comment) = line.strip_prefix(':') {
@@ -114,7 +119,10 @@ impl SseParser {
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
-            "id" => self.id = Some(value.to_owned()),
+            "id" => {
+                self.id = Some(value.to_owned());
+                self.block_has_id = true;
+            }
             "event" => self.event = Some(value.to_owned()),
             "data" => match &mut self.data {
                 Some(data) => {
@@ -158,6 +166,16 @@ mod tests {
                 event("1", "reply", "{\"a\":1}"),
                 SseItem::Comment("heartbeat".into())
             ]
+        );
+    }
+
+    #[test]
+    fn a_dashboard_joined_event_without_an_id_is_a_plain_event() {
+        let mut parser = SseParser::default();
+        let items = parser.feed(b"event: joined\ndata: {\"seq\":1,\"thread\":\"t\"}\n\n");
+        assert!(
+            matches!(&items[..], [SseItem::Event(e)] if e.event == "joined"),
+            "{items:?}"
         );
     }
 
