@@ -1,9 +1,35 @@
--- Demo data: a few feedback threads with replies from both sides. Load after schema.sql.
+-- Demo data: a project with 28 feedback threads (the dashboard's cards) and replies from both
+-- sides. Load after schema.sql.
 
 INSERT INTO public.feedback (id, project_id, title) VALUES
     ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e01', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Checkout button is hard to find on mobile'),
     ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e02', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Dark mode colours in the pricing table'),
-    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e03', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Typo on the About page')
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e03', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Typo on the About page'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e04', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Search results ignore accented letters'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e05', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Invoice PDF cuts off the last line'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e06', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Onboarding video does not play on Firefox'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e07', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Password reset email lands in spam'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e08', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Cart total rounds the wrong way'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e09', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Map pins overlap on the store finder'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0a', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Newsletter sign-up has no confirmation'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0b', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Footer links open in the same tab'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0c', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Date picker starts weeks on Sunday'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0d', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Product photos load slowly on 3G'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0e', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Coupon field accepts expired codes'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0f', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Order history shows the wrong currency'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e10', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Logo looks blurry on retina screens'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e11', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Contact form loses text on error'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e12', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Cookie banner covers the chat button'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e13', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Shipping estimate missing for Norway'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e14', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Size guide table overflows on tablets'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e15', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Wishlist empties after logging out'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e16', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Reviews sort by oldest first'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e17', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Checkout asks for the phone number twice'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e18', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Blog images have no alt text'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e19', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Account page typo in ''adress'''),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e1a', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Tab order skips the search box'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e1b', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Gift card balance not shown'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e1c', '5f0c2b8e-1a7d-4c3b-8e9f-6a1d2c3b4a50', 'Language switcher resets the cart')
 ON CONFLICT (id) DO NOTHING;
 
 INSERT INTO public.feedback_replies (feedback_id, author_type, author_name, content)
@@ -12,6 +38,40 @@ SELECT feedback_id::uuid, author_type, author_name, content FROM (VALUES
     ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e01', 'agency', 'Studio North', 'Thanks Maya! Which phone and browser are you on?'),
     ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e01', 'end_user', 'Maya', 'iPhone 13, Safari.'),
     ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e02', 'end_user', 'Jon', 'The grey on grey in dark mode is unreadable.'),
-    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e03', 'end_user', 'Ana', '"Our mision" should be "Our mission".')
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e03', 'end_user', 'Ana', '"Our mision" should be "Our mission".'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e04', 'end_user', 'Maya', 'Spotted this today: search results ignore accented letters.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e04', 'agency', 'Studio North', 'Thanks Maya, we are on it.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e05', 'end_user', 'Jon', 'Spotted this today: invoice pdf cuts off the last line.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e06', 'end_user', 'Ana', 'Spotted this today: onboarding video does not play on firefox.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e07', 'end_user', 'Lea', 'Spotted this today: password reset email lands in spam.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e07', 'agency', 'Studio North', 'Thanks Lea, we are on it.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e08', 'end_user', 'Sam', 'Spotted this today: cart total rounds the wrong way.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e09', 'end_user', 'Noor', 'Spotted this today: map pins overlap on the store finder.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0a', 'end_user', 'Ivo', 'Spotted this today: newsletter sign-up has no confirmation.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0a', 'agency', 'Studio North', 'Thanks Ivo, we are on it.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0b', 'end_user', 'Kim', 'Spotted this today: footer links open in the same tab.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0c', 'end_user', 'Maya', 'Spotted this today: date picker starts weeks on sunday.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0d', 'end_user', 'Jon', 'Spotted this today: product photos load slowly on 3g.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0d', 'agency', 'Studio North', 'Thanks Jon, we are on it.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0e', 'end_user', 'Ana', 'Spotted this today: coupon field accepts expired codes.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e0f', 'end_user', 'Lea', 'Spotted this today: order history shows the wrong currency.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e10', 'end_user', 'Sam', 'Spotted this today: logo looks blurry on retina screens.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e10', 'agency', 'Studio North', 'Thanks Sam, we are on it.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e11', 'end_user', 'Noor', 'Spotted this today: contact form loses text on error.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e12', 'end_user', 'Ivo', 'Spotted this today: cookie banner covers the chat button.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e13', 'end_user', 'Kim', 'Spotted this today: shipping estimate missing for norway.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e13', 'agency', 'Studio North', 'Thanks Kim, we are on it.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e14', 'end_user', 'Maya', 'Spotted this today: size guide table overflows on tablets.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e15', 'end_user', 'Jon', 'Spotted this today: wishlist empties after logging out.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e16', 'end_user', 'Ana', 'Spotted this today: reviews sort by oldest first.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e16', 'agency', 'Studio North', 'Thanks Ana, we are on it.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e17', 'end_user', 'Lea', 'Spotted this today: checkout asks for the phone number twice.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e18', 'end_user', 'Sam', 'Spotted this today: blog images have no alt text.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e19', 'end_user', 'Noor', 'Spotted this today: account page typo in ''adress''.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e19', 'agency', 'Studio North', 'Thanks Noor, we are on it.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e1a', 'end_user', 'Ivo', 'Spotted this today: tab order skips the search box.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e1b', 'end_user', 'Kim', 'Spotted this today: gift card balance not shown.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e1c', 'end_user', 'Maya', 'Spotted this today: language switcher resets the cart.'),
+    ('0b9a7a52-3d1c-4a8e-9f4e-2d7c1b6a5e1c', 'agency', 'Studio North', 'Thanks Maya, we are on it.')
 ) AS v(feedback_id, author_type, author_name, content)
 WHERE NOT EXISTS (SELECT 1 FROM public.feedback_replies);

@@ -6,7 +6,8 @@
 -- your platform does, and put it in the broadcaster's DATABASE_URL.
 --
 -- What the broadcaster does not need, and so does not get: superuser, ownership of any table,
--- UPDATE or DELETE on the replies, any access to public.feedback, and any write to the
+-- UPDATE or DELETE on the replies, any column of public.feedback but its key and its project
+-- (no titles, no content), and any write to the
 -- extension's own tables. LISTEN needs no privilege; the extension's read functions run as
 -- their caller, so SELECT on the replies is what lets them read; threadcast.sources,
 -- threadcast.counters and threadcast.tombstones are readable by every role already, row-level
@@ -38,6 +39,10 @@ GRANT USAGE ON SCHEMA public, threadcast TO threadcast_broadcaster;
 -- keys-only), and a retried POST answered with the row already stored. INSERT: POST
 -- /api/widget/replies (its RETURNING needs the SELECT too).
 GRANT SELECT, INSERT ON public.feedback_replies TO threadcast_broadcaster;
+
+-- Dashboard tokens scoped to projects (THREADCAST_PROJECT_TABLE=public.feedback): which project
+-- each thread belongs to, read in batches. Only the two columns that say so.
+GRANT SELECT (id, project_id) ON public.feedback TO threadcast_broadcaster;
 
 -- To verify the signature of every notification (docs/payload.md).
 SELECT threadcast.grant_listen('threadcast_broadcaster');

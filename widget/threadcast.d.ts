@@ -99,3 +99,84 @@ export function send(options: SendOptions): Promise<Reply>
 
 /** The `exp` claim (seconds since the epoch) of a JWT, decoded without verification; null if absent. */
 export function tokenExpiry(token: string): number | null
+
+export interface FollowThreadOptions {
+  /** The broadcaster's origin (and path prefix); `''` for the page's own origin. */
+  baseUrl?: string
+  /** The thread to follow. */
+  feedbackId: string
+  /** A token for the dashboard stream: one scoped to this thread, or to its project(s). */
+  getToken: GetToken
+  /**
+   * Names the token's scope: follows with the same `baseUrl` and `scope` share one connection
+   * (and the token of the latest `getToken`). Default `''`.
+   */
+  scope?: string
+  onReply?: (reply: Reply, previous: Reply | undefined) => void
+  onDelete?: (id: string, previous: Reply | undefined) => void
+  onReset?: () => void
+  onChange?: (replies: Reply[]) => void
+  /** `forbidden`: the token does not cover the thread (or no longer does). */
+  onStatus?: (status: Status | 'forbidden') => void
+  EventSource?: new (url: string) => EventSourceLike
+  fetch?: typeof fetch
+  retryMin?: number
+  retryMax?: number
+  maxErrors?: number
+}
+
+export interface ThreadFollow {
+  /** Ends this follow; the page's last one closes the shared connection. Idempotent. */
+  unsubscribe(): void
+  /** Reconnects the shared connection now with a fresh token. */
+  reconnect(): void
+  replies(): Reply[]
+  readonly lastSeq: number
+  readonly status: Status | 'forbidden'
+}
+
+/**
+ * Follows one thread over the page's shared dashboard connection
+ * (`GET /api/dashboard/stream`, changed by `POST /api/dashboard/stream/{id}`): one connection
+ * per base URL and scope, however many threads, opened with the first follow and closed with
+ * the last.
+ */
+export function followThread(options: FollowThreadOptions): ThreadFollow
+
+export interface FollowProjectOptions {
+  baseUrl?: string
+  /** The project to follow whole: every thread of it, threads new to it included. */
+  projectId: string
+  /** A token scoped to the project (`{"projects": [...]}`). */
+  getToken: GetToken
+  scope?: string
+  /** Each callback gets the thread it concerns as its last argument. */
+  onReply?: (reply: Reply, previous: Reply | undefined, thread: string) => void
+  onDelete?: (id: string, previous: Reply | undefined, thread: string) => void
+  onReset?: (thread: string) => void
+  onChange?: (replies: Reply[], thread: string) => void
+  onStatus?: (status: Status | 'forbidden') => void
+  EventSource?: new (url: string) => EventSourceLike
+  fetch?: typeof fetch
+  retryMin?: number
+  retryMax?: number
+  maxErrors?: number
+}
+
+export interface ProjectFollow {
+  unsubscribe(): void
+  reconnect(): void
+  /** The replies of one of the project's threads, as the inbox holds them. */
+  replies(thread: string): Reply[]
+  readonly status: Status | 'forbidden'
+}
+
+/**
+ * Follows a whole project (an inbox) over a dashboard stream: live from now, threads new to the
+ * project from their first change; after a reconnect, every thread it knew resumes after its
+ * last seq and any other comes whole. One connection per base URL, scope and project.
+ */
+export function followProject(options: FollowProjectOptions): ProjectFollow
+
+/** How many dashboard connections this page holds open. */
+export function dashboardConnections(): number

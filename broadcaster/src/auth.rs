@@ -7,6 +7,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -15,6 +16,11 @@ use crate::AppState;
 
 /// The cookie a same-site page may carry the token in.
 pub const TOKEN_COOKIE: &str = "threadcast_token";
+
+/// Seconds of clock skew allowed past a token's `exp` (between the minting backend and the
+/// broadcaster). A dashboard stream ends when its token would no longer be accepted: `exp` plus
+/// this.
+pub const LEEWAY_SECS: u64 = 30;
 
 /// Who the bearer is; an application's backend says so when it mints the token.
 #[derive(
@@ -40,7 +46,7 @@ impl Role {
 }
 
 /// The claims of a widget token.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Claims {
     /// The one thread this token may read.
     pub feedback_id: Uuid,
@@ -48,6 +54,33 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default)]
     pub role: Role,
+    /// Who the token was minted for (the application's user id): open streams are capped per
+    /// subject. Without it, the subject is the thread and role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Not valid before, seconds since the Unix epoch (checked when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Who issued it, and for whom: checked against `--jwt-issuer` and `--jwt-audience` when
+    /// those are set (by the token library, which also takes an audience list); written by
+    /// [`Keys::mint`] when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub aud: Option<String>,
+}
+
+/// The shortest token secret accepted: HS256's own key size (RFC 7518 section 3.2 requires a key
+/// of at least the hash's 256 bits). A short one can be found by brute force from one token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// What a token must name, beyond its thread and expiry: both optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pins {
+    /// The `iss` every token must carry (`--jwt-issuer`).
+    pub issuer: Option<String>,
+    /// The `aud` every token must carry (`--jwt-audience`).
+    pub audience: Option<String>,
 }
 
 /// Signs and checks tokens with one HS256 secret.
@@ -55,23 +88,44 @@ pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    pins: Pins,
 }
 
 impl Keys {
     pub fn new(secret: &[u8]) -> Self {
+        Keys::pinned(secret, Pins::default())
+    }
+
+    /// Keys that also require (and mint) the issuer and audience of `pins`.
+    pub fn pinned(secret: &[u8], pins: Pins) -> Self {
         // Pinning the algorithm is what refuses `alg: none`, RS256 with the secret as a public
-        // key, and the like; `exp` is required, not merely checked when present.
+        // key, and the like; `exp` is required, not merely checked when present, and `nbf` is
+        // checked when present, with the same leeway for clock skew.
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.validate_aud = false;
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &pins.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &pins.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         Keys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            pins,
         }
     }
 
-    /// A token for `feedback_id` that expires `ttl` from now.
+    /// A token for `feedback_id` that expires `ttl` from now, with the pinned issuer and audience.
     pub fn mint(&self, feedback_id: Uuid, ttl: Duration, role: Role) -> String {
         let exp = SystemTime::now()
             .checked_add(ttl)
@@ -82,29 +136,48 @@ impl Keys {
             feedback_id,
             exp,
             role,
+            iss: self.pins.issuer.clone(),
+            aud: self.pins.audience.clone(),
+            ..Claims::default()
         })
     }
 
     /// Signs exactly these claims (tests use it for expired tokens).
     pub fn sign(&self, claims: &Claims) -> String {
+        self.sign_claims(claims)
+    }
+
+    /// Signs claims of any shape: a widget's [`Claims`], or a dashboard token's
+    /// ([`crate::dashboard::ScopeClaims`]).
+    pub fn sign_claims(&self, claims: &impl Serialize) -> String {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail")
     }
 
     /// The claims of a valid token; the error says why a token is not.
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        self.verify_as(token)
+    }
+
+    /// The claims of a valid token, read as `T` (the same checks as [`Keys::verify`]).
+    pub fn verify_as<T: DeserializeOwned>(&self, token: &str) -> Result<T, ApiError> {
         use jsonwebtoken::errors::ErrorKind;
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        jsonwebtoken::decode::<T>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| {
                 let why = match e.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired",
-                    ErrorKind::InvalidSignature => "the token's signature is not valid",
-                    ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
-                    ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
-                    _ => "the token is malformed",
+                    ErrorKind::ExpiredSignature => "the token has expired".to_owned(),
+                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".to_owned(),
+                    ErrorKind::InvalidSignature => "the token's signature is not valid".to_owned(),
+                    ErrorKind::InvalidAlgorithm => "the token must be signed with HS256".to_owned(),
+                    ErrorKind::InvalidAudience => "the token is for another audience".to_owned(),
+                    ErrorKind::InvalidIssuer => "the token is from another issuer".to_owned(),
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        format!("the token has no {claim} claim")
+                    }
+                    _ => "the token is malformed".to_owned(),
                 };
-                ApiError::Unauthorized(why.to_owned())
+                ApiError::Unauthorized(why)
             })
     }
 }
@@ -186,7 +259,7 @@ mod tests {
         let token = keys().sign(&Claims {
             feedback_id: Uuid::nil(),
             exp: u64::MAX / 2,
-            role: Role::EndUser,
+            ..Claims::default()
         });
         assert_eq!(keys().verify(&token).unwrap().role, Role::EndUser);
     }

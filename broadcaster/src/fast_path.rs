@@ -8,9 +8,10 @@
 //! `cargo xtask bench stream` (docs/benchmarks.md): the broadcaster's RSS per idle stream went
 //! from 43 KB to 5 KB with this path, against a budget of 8 KiB per stream in all.
 //!
-//! Every other request, and any stream request this path is not sure of (a long or malformed
-//! head, a body, an upgrade, pipelined bytes, HTTP/1.0), goes to hyper (`serve.rs`) with the bytes
-//! already read.
+//! Where a head ends is httparse's decision (hyper's parser), so bare-LF line ends are read as
+//! hyper reads them. Every other request, and any stream request this path is not sure of (a long
+//! or malformed head, a body, an upgrade, pipelined bytes, HTTP/1.0), goes to hyper (`serve.rs`)
+//! with the bytes already read.
 
 use std::io;
 use std::time::{Duration, SystemTime};
@@ -39,16 +40,25 @@ const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
 const BATCH_BYTES: usize = 64 * 1024;
 
 /// How reading a request head ended.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Head {
-    /// `buf` holds a complete head (and maybe more).
+    /// `buf` holds a complete head, as httparse (and so hyper) reads one (and maybe more).
     Complete,
+    /// Not a head this path can read: malformed, or with more headers than hyper allows. Hyper
+    /// reads it again and answers it.
+    NotOurs,
     /// No end of head within [`STREAM_HEAD_MAX`].
     TooLong,
     /// The client closed before the end of a head.
     Closed,
 }
 
-/// Reads until the end of a request head (an empty line).
+/// Headers a head may have for this path to find its end: as many as hyper takes (more, and
+/// hyper answers 431).
+const HEAD_HEADERS_MAX: usize = 100;
+
+/// Reads until httparse finds the end of a request head: an empty line, whether its line ends
+/// are CRLF or bare LF, as hyper reads it.
 pub(crate) async fn read_head(
     stream: &mut (impl AsyncRead + Unpin),
     buf: &mut Vec<u8>,
@@ -65,11 +75,18 @@ pub(crate) async fn read_head(
         if n == 0 {
             return Ok(Head::Closed);
         }
-        let from = (buf.len() - n).saturating_sub(3);
-        if buf[from..].windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(Head::Complete);
+        match head_end(buf) {
+            Ok(httparse::Status::Complete(_)) => return Ok(Head::Complete),
+            Ok(httparse::Status::Partial) => {}
+            Err(_) => return Ok(Head::NotOurs),
         }
     }
+}
+
+/// Where httparse says the request head in `buf` ends, if it does.
+fn head_end(buf: &[u8]) -> Result<httparse::Status<usize>, httparse::Error> {
+    let mut headers = [httparse::EMPTY_HEADER; HEAD_HEADERS_MAX];
+    httparse::Request::new(&mut headers).parse(buf)
 }
 
 /// The request in `head` if this path serves it: a complete, well-formed HTTP/1.1 GET of the
@@ -382,6 +399,30 @@ mod tests {
         assert_eq!(out, expected);
     }
 
+    #[tokio::test]
+    async fn a_head_that_ends_in_bare_line_feeds_is_complete_while_the_client_waits() {
+        // hyper and httparse take a bare LF as a line end, so a client may send one and wait
+        // for the answer, keeping its connection open.
+        for head in [
+            "GET /healthz HTTP/1.1\n\n",
+            "GET /api/widget/stream?feedbackId=x HTTP/1.1\nHost: a\n\n",
+            "GET /healthz HTTP/1.1\r\nHost: a\n\r\n",
+        ] {
+            let (mut client, mut server) = tokio::io::duplex(1024);
+            tokio::io::AsyncWriteExt::write_all(&mut client, head.as_bytes())
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), read_head(&mut server, &mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("the head {head:?} was not taken as complete"));
+            assert!(matches!(read, Ok(Head::Complete)), "{head:?}");
+            assert_eq!(buf, head.as_bytes());
+            drop(client);
+        }
+    }
+
     /// A reader that hands out its bytes in the given pieces, one piece (at most) per read.
     struct Pieces(std::collections::VecDeque<Vec<u8>>);
 
@@ -452,15 +493,19 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// A stream request's head is read whole, however the network splits it, and is served
-        /// here with its target and headers intact.
+        /// A stream request's head is read whole, however the network splits it and whether its
+        /// lines end in CRLF or a bare LF, and is served here with its target and headers intact.
         #[test]
         fn a_stream_request_is_read_whole_however_it_is_split(
             query in "[a-zA-Z0-9=&%._-]{0,200}",
             headers in prop::collection::vec(header(), 0..8),
             cuts in prop::collection::vec(any::<usize>(), 0..12),
+            bare_lf in any::<bool>(),
         ) {
-            let text = request(&query, &headers);
+            let mut text = request(&query, &headers);
+            if bare_lf {
+                text = text.replace("\r\n", "\n");
+            }
             let (head, buf) = read(text.as_bytes(), &cuts);
             prop_assert!(matches!(head, Head::Complete));
             prop_assert_eq!(&buf[..], text.as_bytes());
@@ -474,19 +519,29 @@ mod tests {
             }
         }
 
-        /// Bytes without an end of head are never taken for a request: the read ends when the
-        /// client closes, or when the head would be too long for this path.
+        /// Whatever the bytes and however the network splits them, the head reader decides as
+        /// httparse (hyper's parser) does on what it read: a complete head, one this path cannot
+        /// read (hyper answers it), no end within the limit, or the client gone first.
         #[test]
-        fn without_an_empty_line_there_is_no_request(
+        fn the_head_reader_agrees_with_httparse_whatever_the_bytes(
             bytes in prop::collection::vec(any::<u8>(), 0..20_000),
+            prefix in prop::sample::select(vec!["", "GET / HTTP/1.1\n", "GET /api/widget/stream HTTP/1.1\r\nHost: x\r\n"]),
             cuts in prop::collection::vec(any::<usize>(), 0..12),
         ) {
-            prop_assume!(!bytes.windows(4).any(|w| w == b"\r\n\r\n"));
-            let (head, buf) = read(&bytes, &cuts);
-            match head {
-                Head::Closed => prop_assert_eq!(&buf[..], &bytes[..]),
-                Head::TooLong => prop_assert!(buf.len() >= STREAM_HEAD_MAX),
-                Head::Complete => prop_assert!(false, "no head in {} bytes", bytes.len()),
+            let mut input = prefix.as_bytes().to_vec();
+            input.extend_from_slice(&bytes);
+            let (head, buf) = read(&input, &cuts);
+            prop_assert!(input.starts_with(&buf), "reads only what was sent");
+            match (head, head_end(&buf)) {
+                (Head::Complete, Ok(httparse::Status::Complete(len))) => {
+                    prop_assert!(len <= buf.len())
+                }
+                (Head::NotOurs, Err(_)) => {}
+                (Head::TooLong, Ok(httparse::Status::Partial)) => {
+                    prop_assert!(buf.len() >= STREAM_HEAD_MAX)
+                }
+                (Head::Closed, Ok(httparse::Status::Partial)) => prop_assert_eq!(&buf[..], &input[..]),
+                (head, parsed) => prop_assert!(false, "read {head:?}, httparse says {parsed:?}"),
             }
         }
 

@@ -10,7 +10,9 @@
 //! [`store::MemStore`] with which the whole HTTP API is tested without a database.
 
 pub mod auth;
+pub mod caps;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
 pub mod demo;
 pub mod error;
@@ -29,7 +31,6 @@ pub mod stream;
 pub mod tls;
 pub mod widget;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,10 +49,13 @@ pub use crate::config::Config;
 pub use crate::error::ApiError;
 pub use threadcast_payload::APPLICATION_NAME;
 
-use crate::auth::Keys;
+use crate::auth::{Keys, MIN_SECRET_BYTES};
+use crate::caps::StreamCaps;
+use crate::dashboard::{Dashboard, DashboardSettings, PgProjects, Projects, StartProjectsError};
 use crate::delivery::{Delivery, Settings};
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::ops::Readiness;
 use crate::replies::Replies;
 use crate::source::{Source, SourceError};
 use crate::store::{PgStore, Store};
@@ -62,7 +66,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The served table: catch-up, history, posted replies.
     pub store: Arc<dyn Store>,
-    /// The table served, as `threadcast.sources` describes it.
+    /// The table served, as `threadcast.sources` described it at start (the listener follows
+    /// later changes of its registration).
     pub source: Arc<Source>,
     /// Exactly-once delivery of the table's changes to streams.
     pub delivery: Delivery,
@@ -70,10 +75,15 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Limits and the rate limiter of `POST /api/widget/replies`.
     pub replies: Arc<Replies>,
+    /// The dashboard streams (`/api/dashboard/stream`) and thread membership in projects.
+    pub dashboard: Arc<Dashboard>,
     /// Fires on shutdown; long-lived responses end on it.
     pub shutdown: CancellationToken,
-    ready: Arc<AtomicBool>,
+    /// What `/readyz` says.
+    pub readiness: Arc<Readiness>,
     streams: Arc<Semaphore>,
+    /// Open streams per token subject and per thread.
+    caps: Arc<StreamCaps>,
 }
 
 impl AppState {
@@ -95,17 +105,30 @@ impl AppState {
             Settings {
                 subscriber_buffer: config.subscriber_buffer,
                 max_backoff: config.max_backoff,
+                page_bytes: config.page_bytes,
                 ..Settings::default()
             },
             metrics.clone(),
             shutdown.clone(),
             tasks,
         );
+        let dashboard = Arc::new(Dashboard::new(
+            None,
+            config.membership_ttl,
+            DashboardSettings {
+                max_threads: config.dashboard_max_threads,
+            },
+        ));
         AppState {
+            dashboard,
             streams: Arc::new(Semaphore::new(
                 config.max_connections.min(Semaphore::MAX_PERMITS),
             )),
-            keys: Arc::new(Keys::new(&config.jwt_secret.0)),
+            keys: Arc::new(Keys::pinned(&config.jwt_secret.0, config.jwt_pins.clone())),
+            caps: Arc::new(StreamCaps::new(
+                config.max_streams_per_subject,
+                config.max_streams_per_thread,
+            )),
             replies: Arc::new(Replies::new(&config)),
             config: Arc::new(config),
             store,
@@ -113,13 +136,27 @@ impl AppState {
             delivery,
             metrics,
             shutdown,
-            ready: Arc::new(AtomicBool::new(false)),
+            readiness: Arc::new(Readiness::default()),
         }
+    }
+
+    /// The same state, with project-scoped dashboard tokens checked against `projects` (how
+    /// threads belong to projects).
+    pub fn with_projects(mut self, projects: Arc<dyn Projects>) -> Self {
+        self.dashboard = Arc::new(Dashboard::new(
+            Some(projects),
+            self.config.membership_ttl,
+            self.dashboard.settings.clone(),
+        ));
+        self
     }
 
     /// Tells `/readyz` whether notifications are being received (the LISTEN connection is up).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+        match ready {
+            true => self.readiness.ready(),
+            false => self.readiness.not_ready(ops::RECONNECTING),
+        }
     }
 }
 
@@ -134,8 +171,12 @@ pub enum StartError {
     Connect(#[source] deadpool_postgres::PoolError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("cannot serve dashboards: {0}")]
+    Projects(#[from] StartProjectsError),
     #[error("allowed origin {0:?} is not a valid origin")]
     Origin(String),
+    #[error("the JWT secret is {0} bytes long; it must be at least {MIN_SECRET_BYTES} (make one with `openssl rand -base64 32`)")]
+    ShortSecret(usize),
     #[error("serving failed")]
     Serve(#[from] std::io::Error),
 }
@@ -145,11 +186,14 @@ pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.allowed_origins);
     let mut router = Router::new()
         .merge(stream::router())
+        .merge(dashboard::router())
         .merge(replies::router(&state.config))
         .merge(widget::router())
         .merge(ops::router());
     if state.config.demo {
-        router = router.merge(demo::router());
+        router = router
+            .merge(demo::router())
+            .merge(dashboard::demo::router());
     }
     router
         // 503s from /readyz during an outage and refused streams are expected answers, not
@@ -185,6 +229,9 @@ impl Broadcaster {
     /// Connects to the database, looks the source up (a missing source is an error here, not
     /// later), and starts listening. Everything stops when `shutdown` fires.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Self, StartError> {
+        if config.jwt_secret.0.len() < MIN_SECRET_BYTES {
+            return Err(StartError::ShortSecret(config.jwt_secret.0.len()));
+        }
         for origin in &config.allowed_origins {
             if HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
                 return Err(StartError::Origin(origin.clone()));
@@ -232,17 +279,26 @@ impl Broadcaster {
             );
         }
 
+        let projects = match &config.projects {
+            Some(of) => {
+                let projects = PgProjects::lookup(pool.clone(), of).await?;
+                tracing::info!(table = %of.table, thread_key = %of.thread_key, project = %of.project_column, "dashboard tokens may name projects");
+                Some(Arc::new(projects) as Arc<dyn Projects>)
+            }
+            None => None,
+        };
         let tasks = TaskTracker::new();
         let store = Arc::new(PgStore::new(pool, (*source).clone()));
-        let state = AppState::new(
+        let mut state = AppState::new(
             config,
-            store,
+            store.clone(),
             source.clone(),
             shutdown.clone(),
             tasks.clone(),
         );
-        if source.batched {
-            state.delivery.spawn_anti_entropy(state.config.anti_entropy);
+        state.delivery.spawn_anti_entropy(state.config.anti_entropy);
+        if let Some(projects) = projects {
+            state = state.with_projects(projects);
         }
         let mut listen_pg = pg;
         listen_pg.application_name(APPLICATION_NAME);
@@ -250,11 +306,14 @@ impl Broadcaster {
             Listener {
                 pg: listen_pg,
                 tls: connector,
-                source,
+                source: (*source).clone(),
+                store,
                 delivery: state.delivery.clone(),
                 metrics: state.metrics.clone(),
-                ready: state.ready.clone(),
+                readiness: state.readiness.clone(),
+                source_check: state.config.source_check,
                 max_backoff: state.config.max_backoff,
+                buffer: state.config.listener_buffer,
                 shutdown,
             }
             .run(),
@@ -271,13 +330,11 @@ impl Broadcaster {
     /// the background tasks to stop.
     pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
         let config = &self.state.config;
-        serve::serve(
-            listener,
-            router,
-            config.write_timeout,
-            self.state.shutdown.clone(),
-        )
-        .await?;
+        let timeouts = serve::Timeouts {
+            write: config.write_timeout,
+            dead_peer: config.dead_peer_timeout,
+        };
+        serve::serve(listener, router, timeouts, self.state.shutdown.clone()).await?;
         self.tasks.close();
         self.tasks.wait().await;
         tracing::info!("stopped");

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use threadcast_broadcaster::auth::{Keys, Role};
-use threadcast_broadcaster::config::{SecretArgs, ServeArgs};
+use threadcast_broadcaster::config::{PinArgs, SecretArgs, ServeArgs};
+use threadcast_broadcaster::dashboard::mint_projects;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
@@ -27,11 +28,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print a signed widget token (for trying the service out; applications mint their own).
+    /// Print a signed token (for trying the service out; applications mint their own): a widget's
+    /// for one thread, or a dashboard's for whole projects.
     Token {
         /// The thread (feedback id) the token may read.
+        #[arg(long, required_unless_present = "project", conflicts_with = "project")]
+        feedback_id: Option<Uuid>,
+        /// A project whose threads the token may read on dashboard streams (repeatable).
         #[arg(long)]
-        feedback_id: Uuid,
+        project: Vec<String>,
         /// How long the token is valid: a number with s, m, h or d (for example 1h).
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
@@ -40,6 +45,8 @@ enum Command {
         role: Role,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        pins: PinArgs,
     },
 }
 
@@ -51,12 +58,19 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Token {
             feedback_id,
+            project,
             ttl,
             role,
             secret,
+            pins,
         }) => {
             let secret = secret.resolve().context("reading the JWT secret")?;
-            println!("{}", Keys::new(&secret.0).mint(feedback_id, ttl, role));
+            let keys = Keys::pinned(&secret.0, pins.pins());
+            let token = match feedback_id {
+                Some(thread) => keys.mint(thread, ttl, role),
+                None => mint_projects(&keys, &project, ttl, role),
+            };
+            println!("{token}");
             Ok(())
         }
         None => serve_until_signal(cli.serve),
@@ -162,6 +176,9 @@ mod tests {
     use clap::CommandFactory;
     use threadcast_broadcaster::rate::Rate;
 
+    const SECRET: &str = "a-secret-of-thirty-two-bytes-or-more";
+    const FROM_ENV: &str = "a-secret-from-the-environment-32-bytes";
+
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
@@ -180,8 +197,8 @@ mod tests {
     // One test for everything that reads the environment, so that no other test races it.
     #[test]
     fn serving_and_token_take_their_settings_from_flags_or_the_environment() {
-        let cli =
-            Cli::try_parse_from(["b", "--database-url", "host=db", "--jwt-secret", "s"]).unwrap();
+        let cli = Cli::try_parse_from(["b", "--database-url", "host=db", "--jwt-secret", SECRET])
+            .unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.database_url.as_deref(), Some("host=db"));
         let defaults = cli.serve.into_config().unwrap();
@@ -194,7 +211,7 @@ mod tests {
             "--database-url",
             "host=db",
             "--jwt-secret",
-            "s",
+            SECRET,
             "--demo",
             "--max-reply-chars",
             "500",
@@ -214,12 +231,39 @@ mod tests {
                 "--database-url",
                 "h",
                 "--jwt-secret",
-                "s",
+                SECRET,
                 bad[0],
                 bad[1],
             ];
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} is refused");
         }
+
+        let short = Cli::try_parse_from(["b", "--database-url", "h", "--jwt-secret", "change-me"])
+            .unwrap()
+            .serve
+            .into_config()
+            .expect_err("a 9-byte secret is refused");
+        assert!(short.to_string().contains("at least 32"), "{short}");
+        let pinned = Cli::try_parse_from([
+            "b",
+            "--database-url",
+            "h",
+            "--jwt-secret",
+            SECRET,
+            "--jwt-issuer",
+            "https://app.example",
+            "--jwt-audience",
+            "threadcast",
+        ])
+        .unwrap()
+        .serve
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            pinned.jwt_pins.issuer.as_deref(),
+            Some("https://app.example")
+        );
+        assert_eq!(pinned.jwt_pins.audience.as_deref(), Some("threadcast"));
 
         let cli = Cli::try_parse_from([
             "b",
@@ -227,15 +271,33 @@ mod tests {
             "--feedback-id",
             &Uuid::nil().to_string(),
             "--jwt-secret",
-            "s",
+            SECRET,
         ]);
         assert!(
             matches!(cli.unwrap().command, Some(Command::Token { .. })),
             "token needs no DATABASE_URL"
         );
+        let cli = Cli::try_parse_from([
+            "b",
+            "token",
+            "--project",
+            "p1",
+            "--project",
+            "p2",
+            "--jwt-secret",
+            "s",
+        ]);
+        assert!(
+            matches!(cli.unwrap().command, Some(Command::Token { ref project, .. }) if project.len() == 2),
+            "a dashboard token for projects"
+        );
+        assert!(
+            Cli::try_parse_from(["b", "token", "--jwt-secret", "s"]).is_err(),
+            "a token names a thread or projects"
+        );
 
         std::env::set_var("DATABASE_URL", "host=from-env");
-        std::env::set_var("THREADCAST_JWT_SECRET", "from-env");
+        std::env::set_var("THREADCAST_JWT_SECRET", FROM_ENV);
         std::env::set_var("THREADCAST_HEARTBEAT_SECS", "3");
         std::env::set_var("THREADCAST_DEMO", "1");
         std::env::set_var("THREADCAST_REPLY_RATE", "off");
@@ -248,6 +310,6 @@ mod tests {
         );
         assert!(config.demo, "THREADCAST_DEMO=1 turns demo mode on");
         assert_eq!(config.reply_rate, None, "THREADCAST_REPLY_RATE=off");
-        assert_eq!(config.jwt_secret.0, b"from-env");
+        assert_eq!(config.jwt_secret.0, FROM_ENV.as_bytes());
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -22,6 +23,12 @@ pub struct Metrics {
     pub notifications: Counter,
     /// Notifications dropped as not genuine: a bad or missing signature, or no payload at all.
     pub notifications_rejected: Counter,
+    /// Genuine notifications that claimed nothing new for their thread (a replay, a duplicate, a
+    /// seq a pending repair covers): dropped without waking the thread's task.
+    pub notifications_stale: Counter,
+    /// Notifications dropped because the listener's buffer was full; each overflow makes every
+    /// live thread read the table instead.
+    pub notifications_dropped: Counter,
     /// Times the LISTEN connection was re-established after it dropped.
     pub reconnects: Counter,
     /// Holes in a thread's sequence (missed notifications) repaired from the table.
@@ -32,6 +39,33 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter,
     /// Resync notices of batched delivery acted on (each has every live thread read the table).
     pub resyncs: Counter,
+    /// The dashboard streams' own gauges and counters.
+    pub dashboard: crate::dashboard::DashboardMetrics,
+    /// Reads of the table by delivery, by purpose: `baseline` (a thread task's start), `repair`
+    /// (holes, left-out rows, resyncs), `catch_up` (a resuming stream), `history`.
+    pub table_reads: Family<[(&'static str, &'static str); 1], Counter>,
+}
+
+/// Why delivery read the table (the `purpose` label of `threadcast_table_reads_total`).
+#[derive(Clone, Copy, Debug)]
+pub enum Read {
+    Baseline,
+    Repair,
+    CatchUp,
+    History,
+}
+
+impl Metrics {
+    /// Counts one read of the table for `purpose`.
+    pub fn table_read(&self, purpose: Read) {
+        let label = match purpose {
+            Read::Baseline => "baseline",
+            Read::Repair => "repair",
+            Read::CatchUp => "catch_up",
+            Read::History => "history",
+        };
+        self.table_reads.get_or_create(&[("purpose", label)]).inc();
+    }
 }
 
 /// The content type of [`Metrics::render`]'s text.
@@ -55,6 +89,14 @@ impl Metrics {
             "threadcast_notifications_rejected",
             "Notifications dropped because their signature did not verify or they were malformed",
         );
+        let notifications_stale = counter(
+            "threadcast_notifications_stale",
+            "Genuine notifications that claimed nothing new for their thread (replays, duplicates)",
+        );
+        let notifications_dropped = counter(
+            "threadcast_notifications_dropped",
+            "Notifications dropped because the listener's buffer was full (every live thread then reads the table)",
+        );
         let reconnects = counter(
             "threadcast_listener_reconnects",
             "Times the LISTEN connection was re-established after it dropped",
@@ -75,23 +117,34 @@ impl Metrics {
             "threadcast_resyncs",
             "Resync notices from the database acted on (batched delivery lost notifications)",
         );
+        let table_reads = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "threadcast_table_reads",
+            "Reads of the table by delivery, by purpose",
+            table_reads.clone(),
+        );
         let open_streams = Gauge::default();
         registry.register(
             "threadcast_open_streams",
             "Streams open right now",
             open_streams.clone(),
         );
+        let dashboard = crate::dashboard::DashboardMetrics::register(&mut registry);
         Metrics {
             registry: Arc::new(registry),
+            dashboard,
             open_streams,
             events_delivered,
             notifications,
             notifications_rejected,
+            notifications_stale,
+            notifications_dropped,
             reconnects,
             gap_fills,
             row_fetches,
             slow_consumer_disconnects,
             resyncs,
+            table_reads,
         }
     }
 

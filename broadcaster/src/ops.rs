@@ -1,7 +1,8 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (the LISTEN connection is
-//! up), `/metrics` (Prometheus text).
+//! up on the served source's registration, or why not: [`Readiness`]), `/metrics` (Prometheus
+//! text).
 
-use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -24,14 +25,50 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Whether notifications are being received, and if not, why: what `/readyz` answers.
+pub struct Readiness {
+    /// None when ready; else the reason.
+    reason: Mutex<Option<String>>,
+}
+
+/// The reason while the LISTEN connection is being (re-)established.
+pub const RECONNECTING: &str = "not listening to the database (reconnecting)";
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            reason: Mutex::new(Some(RECONNECTING.to_owned())),
+        }
+    }
+}
+
+impl Readiness {
+    fn reason_lock(&self) -> MutexGuard<'_, Option<String>> {
+        self.reason.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notifications are being received.
+    pub fn ready(&self) {
+        *self.reason_lock() = None;
+    }
+
+    /// Notifications are not being received, for `reason` (kept until the next change).
+    pub fn not_ready(&self, reason: impl Into<String>) {
+        *self.reason_lock() = Some(reason.into());
+    }
+
+    /// Why it is not ready, or None.
+    pub fn reason(&self) -> Option<String> {
+        self.reason_lock().clone()
+    }
+}
+
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     if state.shutdown.is_cancelled() {
         return Err(ApiError::Unavailable("shutting down".into()));
     }
-    if !state.ready.load(Ordering::SeqCst) {
-        return Err(ApiError::Unavailable(
-            "not listening to the database (reconnecting)".into(),
-        ));
+    if let Some(reason) = state.readiness.reason() {
+        return Err(ApiError::Unavailable(reason));
     }
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }

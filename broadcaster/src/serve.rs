@@ -1,10 +1,13 @@
 //! Serving connections: the accept loop, and hyper for every request that the fast path
 //! (`fast_path.rs`, stream requests) does not take. This is `axum::serve` written out because the
 //! fast path must see a connection's first bytes before hyper does; what that saves, 43 KB → 5 KB
-//! of RSS per idle stream, is measured by `cargo xtask bench stream` (docs/benchmarks.md). On both paths a write that makes no progress
-//! for `Config::write_timeout` fails (`stall.rs`), so a client that stopped reading loses
-//! its connection, and every connection ends on shutdown: streams end on the token by
-//! themselves, hyper's connections shut down gracefully.
+//! of RSS per idle stream, is measured by `cargo xtask bench stream` (docs/benchmarks.md).
+//!
+//! On both paths a write that makes no progress for `Config::write_timeout` fails (`stall.rs`),
+//! so a client that stopped reading loses its connection; every socket has `TCP_USER_TIMEOUT` and
+//! keepalive, so a peer that vanished or keeps its window closed loses it too
+//! (`Config::dead_peer_timeout`); and every connection ends on shutdown: streams end on the token
+//! by themselves, hyper's connections shut down gracefully.
 
 use std::io;
 use std::pin::Pin;
@@ -32,9 +35,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
-    write_timeout: Duration,
+    timeouts: Timeouts,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    let write_timeout = timeouts.write;
     let connections = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -49,6 +53,7 @@ pub(crate) async fn serve(
         };
         // Events are small and each should leave at once, not wait for the previous one's ACK.
         let _ = stream.set_nodelay(true);
+        timeouts.apply(&stream);
         connections.spawn(connection(
             stream,
             router.clone(),
@@ -60,6 +65,41 @@ pub(crate) async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// How long a client may keep a connection without making progress.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timeouts {
+    /// A write that makes no progress for this long fails (the client's buffers are full).
+    pub write: Duration,
+    /// Bytes that stay unacknowledged this long drop the connection (`TCP_USER_TIMEOUT`).
+    pub dead_peer: Duration,
+}
+
+/// Keepalive probes start after this much silence; with `TCP_USER_TIMEOUT` set, the kernel gives
+/// up once a probe has gone unanswered for the dead-peer timeout. Streams send heartbeats, so
+/// this covers hyper's idle keep-alive connections.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Timeouts {
+    /// Sets the dead-peer detection on an accepted socket. A peer that vanished (no ACK comes
+    /// back) or that keeps its receive window closed is dropped by the kernel `dead_peer` after
+    /// the first byte it left unacknowledged; the next read or write of the connection fails,
+    /// and the stream ends.
+    fn apply(self, stream: &TcpStream) {
+        let socket = socket2::SockRef::from(stream);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(3);
+        if let Err(error) = socket
+            .set_tcp_keepalive(&keepalive)
+            .and_then(|()| socket.set_tcp_user_timeout(Some(self.dead_peer)))
+        {
+            tracing::debug!(%error, "cannot set the dead-peer timeout on a connection");
+        }
+    }
 }
 
 /// An accept error either concerns one connection (gone before it was accepted) or the process
@@ -95,7 +135,7 @@ async fn connection(
                 return;
             }
         }
-        Ok(Ok(Head::TooLong)) => {}
+        Ok(Ok(Head::TooLong | Head::NotOurs)) => {}
         // The client left, failed or dawdled before sending a whole request: nobody to answer.
         Ok(Ok(Head::Closed)) | Ok(Err(_)) | Err(_) => return,
     }

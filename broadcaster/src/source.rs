@@ -1,6 +1,9 @@
-//! The source table this broadcaster serves: looked up once in `threadcast.sources` at start, to
-//! learn its channel and how notifications name it.
+//! The source table this broadcaster serves: looked up by name in `threadcast.sources` at start,
+//! then followed by oid (the listener reads its registration again at every connect, and with
+//! every ping), so that a rename, or `enable()` run again with another channel or payload mode,
+//! is followed, and a source disabled or dropped is reported by `/readyz`.
 
+use threadcast_payload::PayloadMode;
 use tokio_postgres::GenericClient;
 
 /// A table registered with `threadcast.enable()`.
@@ -42,6 +45,18 @@ impl Source {
             .await?;
         let oid: Option<u32> = row.get(0);
         let oid = oid.ok_or_else(|| SourceError::NoTable(table.to_owned()))?;
+        Source::registration(client, oid)
+            .await?
+            .ok_or_else(|| SourceError::NotEnabled(table.to_owned()))
+    }
+
+    /// The registration of the table with oid `oid` as it is now: its name (which follows a
+    /// rename), channel, payload mode and columns; None if the table is gone or no longer
+    /// enabled.
+    pub async fn registration(
+        client: &impl GenericClient,
+        oid: u32,
+    ) -> Result<Option<Source>, tokio_postgres::Error> {
         let row = client
             .query_opt(
                 "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),
@@ -54,17 +69,35 @@ impl Source {
                   WHERE s.source = $1::oid::regclass",
                 &[&oid],
             )
-            .await?
-            .ok_or_else(|| SourceError::NotEnabled(table.to_owned()))?;
-        Ok(Source {
+            .await?;
+        Ok(row.map(|row| Source {
             oid,
             name: row.get(0),
             channel: row.get(1),
-            keys_only: row.get::<_, String>(2) == "keys",
+            keys_only: row.get::<_, String>(2) == PayloadMode::Keys.as_str(),
             thread_column: row.get(3),
             id_column: row.get(4),
             batched: row.get::<_, Option<String>>(5).as_deref()
                 == Some(threadcast_payload::DeliveryMode::Batched.as_str()),
-        })
+        }))
+    }
+
+    /// What differs between this registration and `now`, for the log; empty if nothing.
+    pub fn changes_to(&self, now: &Source) -> Vec<String> {
+        let mut changes = Vec::new();
+        let mut differs =
+            |what: &str, before: &dyn std::fmt::Display, after: &dyn std::fmt::Display| {
+                let (before, after) = (before.to_string(), after.to_string());
+                if before != after {
+                    changes.push(format!("{what} {before} -> {after}"));
+                }
+            };
+        differs("name", &self.name, &now.name);
+        differs("channel", &self.channel, &now.channel);
+        differs("keys only", &self.keys_only, &now.keys_only);
+        differs("thread column", &self.thread_column, &now.thread_column);
+        differs("id column", &self.id_column, &now.id_column);
+        differs("batched", &self.batched, &now.batched);
+        changes
     }
 }

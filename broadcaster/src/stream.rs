@@ -1,5 +1,6 @@
 //! `GET /api/widget/stream?feedbackId=<uuid>`: one thread's changes as Server-Sent Events. This
-//! module is the HTTP side (parameters, auth, the connection limit, the frames); what the stream
+//! module is the HTTP side (parameters, auth, the caps per subject and thread, the connection
+//! limit, the frames); what the stream
 //! carries, and the hand-over from the table to live events, is [`delivery`](crate::delivery)'s.
 
 use std::time::Duration;
@@ -18,10 +19,11 @@ use uuid::Uuid;
 pub use crate::delivery::Start;
 
 use crate::auth::Authenticated;
+use crate::caps::Held;
 use crate::delivery::{Feed, Step};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::sse::{self, KeepAlive};
+use crate::sse::{self, KeepAlive, UntilShutdown};
 use crate::AppState;
 
 /// The most rows `?history=N` sends; larger values are clamped.
@@ -107,40 +109,55 @@ async fn stream_thread(
             "this token is for another thread".into(),
         ));
     }
+    let held = state.caps.hold(&claims)?;
     let permit = state
         .streams
         .clone()
         .try_acquire_owned()
         .map_err(|_| ApiError::Unavailable("too many open streams; try again later".into()))?;
-    let slot = Slot::open(permit, state.metrics.clone());
+    let slot = Slot::open(permit, held, state.metrics.clone());
     let feed = state
         .delivery
         .feed(&params.feedback_id.to_string(), params.start);
     let frames = Frames {
         feed,
         retry: state.config.retry,
+        announce_join: params.start == Start::Live,
         slot,
     };
     let events = stream::unfold(frames, |mut frames| async move {
         frames.next().await.map(|frame| (frame, frames))
     });
-    let frames = KeepAlive::new(events.boxed(), state.config.heartbeat)
-        // Open streams never end by themselves; shutdown ends them (axum#2673).
-        .take_until(state.shutdown.clone().cancelled_owned());
+    let age = state.config.max_stream_age.map(jittered);
+    let frames = UntilShutdown::new(
+        KeepAlive::new(events.boxed(), state.config.heartbeat).lasting(age),
+        state.shutdown.clone(),
+    );
     Ok(sse::response(frames))
 }
 
-/// Holds one of the `max_connections` places for as long as the stream lives.
-struct Slot {
+/// `age` less up to a tenth at random: streams opened together (after a restart) end apart.
+fn jittered(age: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    // A fresh RandomState is seeded from the OS: enough randomness for spreading reconnects.
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    age.mul_f64(1.0 - (random % 1000) as f64 / 10_000.0)
+}
+
+/// Holds one of the `max_connections` places, and the stream's places under its subject's and
+/// thread's caps, for as long as the stream lives.
+pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
+    _held: Held,
     metrics: Metrics,
 }
 
 impl Slot {
-    fn open(permit: OwnedSemaphorePermit, metrics: Metrics) -> Self {
+    pub(crate) fn open(permit: OwnedSemaphorePermit, held: Held, metrics: Metrics) -> Self {
         metrics.open_streams.inc();
         Slot {
             _permit: permit,
+            _held: held,
             metrics,
         }
     }
@@ -156,6 +173,9 @@ impl Drop for Slot {
 struct Frames {
     feed: Feed,
     retry: Duration,
+    /// Whether the first frame tells the client where it joined (a live start, which has no
+    /// `Last-Event-ID` of its own to resume with): `sse::first_frame`.
+    announce_join: bool,
     slot: Slot,
 }
 
@@ -165,7 +185,10 @@ impl Frames {
             // The first frame goes out only once the subscription is in place, so that a client
             // holding it knows that every change committed from then on reaches it, even on a
             // live-only stream.
-            Step::Joined => Some(sse::retry_frame(self.retry)),
+            Step::Joined => {
+                let joined_at = self.feed.joined_at().filter(|_| self.announce_join);
+                Some(sse::first_frame(self.retry, joined_at))
+            }
             Step::Event(event) => {
                 self.slot.metrics.events_delivered.inc();
                 Some(event.frame())

@@ -25,14 +25,22 @@ fn quick_recovery(config: &mut Config) {
     config.max_backoff = Duration::from_millis(500);
 }
 
-/// `per_thread` reconnecting subscribers on each of `threads`.
+/// `per_thread` reconnecting subscribers on each of `threads`: plain EventSources, deduplicating
+/// nothing, every other one started live (owed what follows its join point) and the rest from
+/// the thread's start (`lastEventId=0`, as the widget starts).
 fn audience(server: &TestServer, threads: &[Uuid], per_thread: usize) -> Vec<Subscriber> {
     threads
         .iter()
         .enumerate()
         .flat_map(|(t, thread)| {
-            (0..per_thread)
-                .map(move |n| server.subscribe(format!("client {n} of thread {t}"), *thread))
+            (0..per_thread).map(move |n| {
+                let name = format!("client {n} of thread {t}");
+                if n % 2 == 1 {
+                    server.subscribe_live(format!("{name} (started live)"), *thread)
+                } else {
+                    server.subscribe(name, *thread)
+                }
+            })
         })
         .collect()
 }

@@ -42,12 +42,7 @@ async fn a_forged_next_seq_notification_shows_nothing_in_either_mode() {
         let thread = db.create_thread().await;
         let mut live = server.open(thread).await;
         let stranger = stranger(&db).await;
-        let src: i64 = db
-            .client
-            .query_one("SELECT 'public.feedback_replies'::regclass::oid::int8", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let src = db.source_oid().await;
         // The next number, with content, correctly shaped, signed with a made-up signature.
         let forged = format!(
             r#"{{"v":2,"op":"I","table":"public.feedback_replies","src":{src},"thread":"{thread}","seq":1,"id":"{}","row":{{"id":"x","feedback_id":"{thread}","content":"forged","thread_seq":1}},"kid":1,"sig":"{}"}}"#,

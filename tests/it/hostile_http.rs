@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use reqwest::StatusCode;
+use threadcast_tests::server::SECRET;
 use threadcast_tests::{seqs, SseStream, TestDb, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -336,4 +338,83 @@ async fn a_cross_site_form_post_carrying_the_cookie_stores_nothing() {
         StatusCode::CREATED,
         "JSON, as the widget sends it, is stored"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_streams_opened_with_one_token_get_the_cap_and_others_still_connect() {
+    const ATTEMPTS: usize = 10_000;
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db).await;
+    let cap = threadcast_broadcaster::Config::new("", SECRET).max_streams_per_subject;
+    let thread = db.create_thread().await;
+    let token = server.token(thread);
+    // Every request on a connection of its own, a hundred at a time.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let answers: Vec<(StatusCode, Option<SseStream>, serde_json::Value)> =
+        futures::stream::iter(0..ATTEMPTS)
+            .map(|_| {
+                let request = http.get(server.stream_url(thread, "")).bearer_auth(&token);
+                async move {
+                    let response = request.send().await.expect("every attempt is answered");
+                    let status = response.status();
+                    if status == StatusCode::OK {
+                        (
+                            status,
+                            Some(SseStream::from_response(response)),
+                            serde_json::Value::Null,
+                        )
+                    } else {
+                        (status, None, response.json().await.unwrap_or_default())
+                    }
+                }
+            })
+            .buffer_unordered(100)
+            .collect()
+            .await;
+
+    let mut held: Vec<SseStream> = Vec::new();
+    for (status, stream, body) in answers {
+        match stream {
+            Some(stream) => held.push(stream),
+            None => {
+                assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+                assert!(body["error"].is_string(), "the 429 says why: {body}");
+            }
+        }
+    }
+    assert_eq!(
+        held.len(),
+        cap,
+        "one token subject holds {cap} streams, no more"
+    );
+
+    // Others still connect: another role of the same thread, and another thread.
+    let agency = server.keys.mint(
+        thread,
+        std::time::Duration::from_secs(60),
+        threadcast_broadcaster::auth::Role::Agency,
+    );
+    let mut others =
+        vec![
+            SseStream::open(http.get(server.stream_url(thread, "")).bearer_auth(agency))
+                .await
+                .expect("another subject connects"),
+        ];
+    let other_thread = db.create_thread().await;
+    others.push(server.open(other_thread).await);
+    assert_eq!(
+        server.metric("threadcast_open_streams").await,
+        (cap + 2) as f64
+    );
+    // And the streams the token holds still receive.
+    db.insert_reply(thread, "after ten thousand attempts").await;
+    for stream in held.iter_mut().chain(&mut others[..1]) {
+        assert_eq!(
+            stream.next_event().await.content(),
+            "after ten thousand attempts"
+        );
+    }
 }

@@ -72,6 +72,27 @@ async fn the_broadcaster_role_has_exactly_the_grants_of_roles_sql_and_no_power()
     .map(|(t, p)| (t.to_string(), p.to_string()))
     .collect();
     assert_eq!(grants, expected, "table grants to the role itself");
+    let columns: BTreeSet<(String, String, String)> = db
+        .client
+        .query(
+            "SELECT table_schema || '.' || table_name, column_name, privilege_type
+               FROM information_schema.role_column_grants
+              WHERE grantee = $1 AND table_name <> 'feedback_replies' AND table_name <> 'keys'",
+            &[&READER_ROLE],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        columns,
+        [("id", "SELECT"), ("project_id", "SELECT")]
+            .iter()
+            .map(|(c, p)| ("public.feedback".to_owned(), c.to_string(), p.to_string()))
+            .collect(),
+        "of the threads, only what says which project each belongs to (dashboard tokens)"
+    );
 
     // And what that leaves it unable to do, tried as the role.
     let role = db::connect(&db.reader_url).await;
@@ -87,6 +108,14 @@ async fn the_broadcaster_role_has_exactly_the_grants_of_roles_sql_and_no_power()
             format!("DELETE FROM feedback_replies WHERE id = '{reply}'"),
         ),
         ("read the threads", "SELECT * FROM feedback".to_owned()),
+        (
+            "read the threads' titles",
+            "SELECT title FROM feedback".to_owned(),
+        ),
+        (
+            "move a thread to another project",
+            "UPDATE feedback SET project_id = gen_random_uuid()".to_owned(),
+        ),
         (
             "enable a table",
             "SELECT threadcast.enable('public.feedback_replies')".to_owned(),

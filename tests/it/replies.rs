@@ -140,7 +140,7 @@ async fn refused_posts_get_their_status_and_leave_no_row_and_burn_no_number() {
     let expired = keys.sign(&Claims {
         feedback_id: thread,
         exp: now() - 3600,
-        role: Role::EndUser,
+        ..Claims::default()
     });
     let badly_signed =
         Keys::new(b"another secret").mint(thread, Duration::from_secs(60), Role::EndUser);

@@ -1,7 +1,7 @@
 //! Exact resume: a client that comes back with `Last-Event-ID` gets every change it missed from
 //! the table, then live ones, with nothing missing or doubled across the hand-over.
 
-use threadcast_tests::{seqs, TestDb, TestServer};
+use threadcast_tests::{assert_every_subscriber_got_exactly_once, seqs, TestDb, TestServer};
 
 #[tokio::test]
 async fn a_client_resuming_with_last_event_id_gets_exactly_what_it_missed() {
@@ -107,5 +107,83 @@ async fn resuming_while_writes_continue_neither_misses_nor_doubles() {
         seqs(&got),
         (1..=TOTAL as i64).collect::<Vec<_>>(),
         "every reply exactly once, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_that_drops_before_its_first_event_resumes_from_where_it_joined() {
+    // A plain `new EventSource(url)`, started live, has no event id of its own until an event
+    // arrives; the stream's first frame gives it its join point (`id:` without data), so that a
+    // restart before its first event costs it nothing committed meanwhile.
+    let db = TestDb::new().await;
+    let quick = |c: &mut threadcast_broadcaster::Config| {
+        c.retry = std::time::Duration::from_millis(100);
+    };
+    let server = TestServer::start_with(&db, quick).await;
+    let thread = db.create_thread().await;
+    for i in 1..=2 {
+        db.insert_reply(thread, &format!("before {i}")).await;
+    }
+    let live = server.subscribe_live("a live EventSource", thread);
+    threadcast_tests::eventually("the live stream to join", || async {
+        live.floor().is_some()
+    })
+    .await;
+    assert_eq!(
+        live.floor(),
+        Some(2),
+        "it joined after the two earlier replies"
+    );
+
+    let addr = server.addr;
+    server.stop().await;
+    for i in 1..=3 {
+        db.insert_reply(thread, &format!("while the broadcaster is down {i}"))
+            .await;
+    }
+    let server = TestServer::start_at(&db, addr, quick).await;
+    let connects = assert_every_subscriber_got_exactly_once(&db, vec![live]).await;
+    assert_eq!(connects, [2], "it reconnected once, to the new broadcaster");
+    drop(server);
+}
+
+#[tokio::test]
+async fn a_catch_up_of_large_rows_is_read_in_pages_bounded_by_bytes_and_loses_nothing() {
+    // Each page of the catch-up stops at `page_bytes` of row data (the SQL cuts it, not the
+    // broadcaster), so a resuming client reads many pages; none may lose or double a change.
+    let db = TestDb::new().await;
+    let server = TestServer::start_with(&db, |c| c.page_bytes = 16 * 1024).await;
+    let thread = db.create_thread().await;
+    let mut replies = Vec::new();
+    for i in 0..40 {
+        let size = [100, 5_000, 20_000][i % 3];
+        replies.push(db.insert_reply(thread, &"y".repeat(size)).await);
+    }
+    db.delete_reply(replies[7]).await;
+    db.update_reply(replies[3], &"z".repeat(30_000)).await;
+
+    let mut resumed = server
+        .open_with(thread, "", Some(0))
+        .await
+        .expect("resume from the start");
+    let owed = db.current_seq(thread).await;
+    let mut events = Vec::new();
+    while events
+        .last()
+        .is_none_or(|e: &threadcast_tests::SseEvent| e.seq() < owed)
+    {
+        events.push(resumed.next_event().await);
+    }
+    threadcast_tests::assert_exactly_once("a catch-up in pages of 16 KB", &events, &db, thread)
+        .await;
+    let mut history = server
+        .open_with(thread, "&history=500", None)
+        .await
+        .expect("history");
+    let first = history.next_event().await;
+    assert!(
+        first.seq() > 30,
+        "a history holds the newest replies that fit 16 KB, from {}",
+        first.seq()
     );
 }

@@ -135,3 +135,20 @@ async fn stream_requests_the_stream_path_declines_are_served_by_hyper() {
         assert!(answer.contains("retry: "), "{what}: the stream starts");
     }
 }
+
+#[tokio::test]
+async fn requests_whose_lines_end_in_bare_line_feeds_are_answered_at_once() {
+    // hyper and httparse take a bare LF as a line end; the stream path used to wait for CRLFCRLF,
+    // so such a request hung until the 30 s head deadline and was dropped.
+    let db = TestDb::new().await;
+    let server = TestServer::start(&db).await;
+    let thread = db.create_thread().await;
+    let (_socket, health) = exchange(&server, "GET /healthz HTTP/1.1\n\n", Some("\"ok\"")).await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    let stream = format!(
+        "GET /api/widget/stream?feedbackId={thread}&token={} HTTP/1.1\nHost: x\n\n",
+        server.token(thread)
+    );
+    let (_socket, answer) = exchange(&server, &stream, Some("retry:")).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+}

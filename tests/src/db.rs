@@ -128,6 +128,15 @@ impl TestDb {
         }))
     }
 
+    /// The oid of `public.feedback_replies`, which notifications name it by (`src`).
+    pub async fn source_oid(&self) -> i64 {
+        self.client
+            .query_one("SELECT 'public.feedback_replies'::regclass::oid::int8", &[])
+            .await
+            .expect("the replies table exists")
+            .get(0)
+    }
+
     /// A new feedback thread; returns its id (the thread key).
     pub async fn create_thread(&self) -> Uuid {
         let row = self
@@ -139,6 +148,18 @@ impl TestDb {
             .await
             .expect("insert a feedback thread");
         row.get(0)
+    }
+
+    /// A new feedback thread in `project`; returns its id.
+    pub async fn create_thread_in(&self, project: Uuid) -> Uuid {
+        self.client
+            .query_one(
+                "INSERT INTO feedback (title, project_id) VALUES ('a card', $1) RETURNING id",
+                &[&project],
+            )
+            .await
+            .expect("insert a feedback thread")
+            .get(0)
     }
 
     /// Inserts one reply; returns its id.

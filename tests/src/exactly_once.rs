@@ -75,7 +75,9 @@ pub async fn assert_exactly_once(who: &str, events: &[SseEvent], db: &TestDb, th
 
 /// Ends a fault test: writes one last reply to each subscriber's thread and waits until every
 /// subscriber has it (anything doubled or late would have come before it), stops them, and checks
-/// each with [`assert_exactly_once`]. Returns how many streams each one opened.
+/// each against the table after its floor ([`Subscriber::floor`]: everything for a widget-like
+/// subscriber, everything after its join point for a live one), as a plain EventSource with no
+/// deduplication of its own would see it. Returns how many streams each one opened.
 pub async fn assert_every_subscriber_got_exactly_once(
     db: &TestDb,
     subscribers: Vec<Subscriber>,
@@ -96,8 +98,17 @@ pub async fn assert_every_subscriber_got_exactly_once(
     for subscriber in subscribers {
         connects.push(subscriber.connects());
         let (name, thread) = (subscriber.name.clone(), subscriber.thread);
+        let floor = subscriber
+            .floor()
+            .unwrap_or_else(|| panic!("{name} never joined its thread"));
         let events = subscriber.stop().await;
-        assert_exactly_once(&name, &events, db, thread).await;
+        let table = committed_changes(&client, REPLIES, &thread.to_string(), floor).await;
+        if let Err(report) = check(&events, &table) {
+            panic!(
+                "{name} did not receive exactly the committed changes of thread {thread} after \
+                 seq {floor}:\n{report}"
+            );
+        }
     }
     connects
 }

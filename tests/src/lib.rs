@@ -19,6 +19,7 @@
 pub mod attacker;
 pub mod browser;
 pub mod capture;
+pub mod dashboard;
 pub mod db;
 pub mod exactly_once;
 pub mod https;
@@ -108,6 +109,17 @@ macro_rules! in_both_modes {
             }
         }
     };
+}
+
+/// The value of the series `name` (labels included) in `/metrics` text, or 0 if absent.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series == name).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
 }
 
 /// The seqs of `events`, for assertions about order.

@@ -16,7 +16,7 @@ use crate::sse::{Refused, SseStream};
 use crate::subscriber::Subscriber;
 
 /// The secret test servers sign tokens with.
-pub const SECRET: &[u8] = b"threadcast-test-secret";
+pub const SECRET: &[u8] = b"threadcast-test-secret-of-32-bytes-at-least";
 
 /// A running broadcaster. Dropping it shuts it down.
 pub struct TestServer {
@@ -96,6 +96,12 @@ impl TestServer {
         Subscriber::spawn(name, &self.url(""), thread, self.token(thread))
     }
 
+    /// A background subscriber of `thread` that starts live, as a plain `new EventSource(url)`
+    /// does; see [`Subscriber::spawn_live`].
+    pub fn subscribe_live(&self, name: impl Into<String>, thread: Uuid) -> Subscriber {
+        Subscriber::spawn_live(name, &self.url(""), thread, self.token(thread))
+    }
+
     /// A valid one-hour end-user token for `thread`.
     pub fn token(&self, thread: Uuid) -> String {
         self.keys
@@ -131,12 +137,22 @@ impl TestServer {
         }
         let mut stream = SseStream::open(request).await?;
         // The first frame is `retry:`; once it is here the handler has subscribed, so a change
-        // committed from now on reaches this stream.
+        // committed from now on reaches this stream. A live start's also says where it joined.
         let first = stream.next_item().await;
         assert!(
             matches!(first, Some(crate::sse::SseItem::Retry(_))),
             "a stream starts with retry:, got {first:?}"
         );
+        let live = last_event_id.is_none()
+            && !extra.contains("lastEventId=")
+            && !extra.contains("history=");
+        if live {
+            let joined = stream.next_item().await;
+            assert!(
+                matches!(joined, Some(crate::sse::SseItem::Joined(_))),
+                "a live stream says where it joined, got {joined:?}"
+            );
+        }
         Ok(stream)
     }
 
@@ -151,13 +167,7 @@ impl TestServer {
             .text()
             .await
             .expect("read /metrics");
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                (series == name).then(|| value.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
+        crate::metric_value(&text, name)
     }
 
     /// Fires shutdown and waits for the server to finish; returns how long that took.

@@ -99,7 +99,7 @@ impl SseStream {
         loop {
             match self.next_item().await? {
                 SseItem::Event(event) => return Some(event),
-                SseItem::Comment(_) | SseItem::Retry(_) => {}
+                SseItem::Comment(_) | SseItem::Retry(_) | SseItem::Joined(_) => {}
             }
         }
     }

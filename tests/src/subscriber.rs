@@ -1,7 +1,9 @@
-//! A subscriber that behaves like a browser's `EventSource` (and the widget): it reconnects
-//! whenever its stream ends or cannot be opened, after the `retry:` delay the server gave, sending
-//! the last id it saw as `Last-Event-ID`. It runs in the background and keeps every event, so a
-//! fault test can break things while many of them listen, then check what each one received.
+//! A subscriber that behaves like a browser's plain `EventSource`: it reconnects whenever its
+//! stream ends or cannot be opened, after the `retry:` delay the server gave, sending its last
+//! event id as `Last-Event-ID` (the id of the last event, or of an `id:` field without data, as
+//! the HTML standard says), and deduplicates nothing: what it keeps is exactly what the server
+//! sent. It runs in the background and keeps every event, so a fault test can break things while
+//! many of them listen, then check what each one received.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,8 @@ pub struct Subscriber {
     pub name: String,
     /// The thread it follows.
     pub thread: Uuid,
+    /// Every change after this seq is owed to it (see [`Subscriber::floor`]).
+    floor: Arc<Mutex<Option<i64>>>,
     shared: Arc<Shared>,
     last_seq: watch::Receiver<i64>,
     stop: CancellationToken,
@@ -47,13 +51,46 @@ impl Subscriber {
     /// is owed every change of the thread, whenever it gets to connect.
     pub fn spawn(name: impl Into<String>, base: &str, thread: Uuid, token: String) -> Subscriber {
         let url = format!("{base}/api/widget/stream?feedbackId={thread}&lastEventId=0");
+        Subscriber::follow(name.into(), url, thread, token, Some(0))
+    }
+
+    /// Starts following `thread` live, as `new EventSource(url)` without an id does: it is owed
+    /// every change after the point where its first stream joined the thread, which the stream's
+    /// first frame announces (`id:` without data), and which it resumes from if it drops before
+    /// its first event.
+    pub fn spawn_live(
+        name: impl Into<String>,
+        base: &str,
+        thread: Uuid,
+        token: String,
+    ) -> Subscriber {
+        let url = format!("{base}/api/widget/stream?feedbackId={thread}");
+        Subscriber::follow(name.into(), url, thread, token, None)
+    }
+
+    fn follow(
+        name: String,
+        url: String,
+        thread: Uuid,
+        token: String,
+        floor: Option<i64>,
+    ) -> Subscriber {
         let shared = Arc::new(Shared::default());
+        let floor = Arc::new(Mutex::new(floor));
         let (seq_tx, last_seq) = watch::channel(0);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(follow(url, token, shared.clone(), seq_tx, stop.clone()));
+        let task = tokio::spawn(follow(
+            url,
+            token,
+            shared.clone(),
+            floor.clone(),
+            seq_tx,
+            stop.clone(),
+        ));
         Subscriber {
-            name: name.into(),
+            name,
             thread,
+            floor,
             shared,
             last_seq,
             stop,
@@ -61,7 +98,14 @@ impl Subscriber {
         }
     }
 
-    /// The highest seq received so far.
+    /// The seq after which it is owed every change: 0 for [`Subscriber::spawn`], the first
+    /// position its stream announced for [`Subscriber::spawn_live`] (None until then).
+    pub fn floor(&self) -> Option<i64> {
+        *self.floor.lock().unwrap()
+    }
+
+    /// How far it got: its last event id, which is the seq of the last event received or the
+    /// position a live stream announced before its first event.
     pub fn last_seq(&self) -> i64 {
         *self.last_seq.borrow()
     }
@@ -76,7 +120,8 @@ impl Subscriber {
         self.shared.refusals.lock().unwrap().clone()
     }
 
-    /// Waits until it has received seq `seq` or later; panics after [`EVENTUALLY`].
+    /// Waits until it has got to seq `seq` or later (see [`Subscriber::last_seq`]); panics after
+    /// [`EVENTUALLY`].
     pub async fn wait_for_seq(&self, seq: i64) {
         let mut last_seq = self.last_seq.clone();
         let reached = tokio::time::timeout(EVENTUALLY, last_seq.wait_for(|last| *last >= seq))
@@ -116,6 +161,7 @@ async fn follow(
     url: String,
     token: String,
     shared: Arc<Shared>,
+    floor: Arc<Mutex<Option<i64>>>,
     seq_tx: watch::Sender<i64>,
     stop: CancellationToken,
 ) {
@@ -146,17 +192,17 @@ async fn follow(
                     let Some(Ok(chunk)) = chunk else { break };
                     for item in parser.feed(&chunk) {
                         match item {
-                            SseItem::Event(event) => {
-                                if let Some(id) = &event.id {
-                                    last_event_id = Some(id.clone());
-                                    if let Ok(seq) = id.parse::<i64>() {
-                                        seq_tx.send_modify(|last| *last = (*last).max(seq));
-                                    }
-                                }
-                                shared.events.lock().unwrap().push(event);
-                            }
+                            SseItem::Event(event) => shared.events.lock().unwrap().push(event),
                             SseItem::Retry(ms) => retry = Duration::from_millis(ms),
-                            SseItem::Comment(_) => {}
+                            SseItem::Comment(_) | SseItem::Joined(_) => {}
+                        }
+                    }
+                    // As EventSource: the last event id string, an `id:` without data included.
+                    if let Some(id) = parser.last_event_id() {
+                        last_event_id = Some(id.to_owned());
+                        if let Ok(seq) = id.parse::<i64>() {
+                            floor.lock().unwrap().get_or_insert(seq);
+                            seq_tx.send_modify(|last| *last = (*last).max(seq));
                         }
                     }
                 }

@@ -118,6 +118,19 @@ test('history: N asks for the last N replies, history: 0 for live changes only; 
   }
 })
 
+test('a live start resumes from where the stream joined, even before its first reply', async () => {
+  const { ES, sub, log } = manual({ history: 0 })
+  await until(() => ES.last)
+  ES.last.open()
+  ES.last.send('joined', 7, {})
+  assert.equal(sub.lastSeq, 7)
+  assert.equal(log.change, 0, 'joining changes no reply')
+  ES.last.refuse()
+  await until(() => ES.instances.length === 2)
+  assert.equal(ES.last.params.get('lastEventId'), '7')
+  sub.unsubscribe()
+})
+
 test('the token is URL-encoded in the query', async () => {
   const { ES, sub } = manual({ getToken: () => 'a+b/c=&d' })
   await until(() => ES.last)

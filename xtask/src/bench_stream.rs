@@ -1,11 +1,16 @@
 //! `cargo xtask bench stream`: what the broadcaster does for its streams, measured in one run by
 //! a load generator in a process of its own. Commit-to-receive latency (one thread with 1, 100
-//! and 1,000 subscribers; 1,000 threads with one each), the RSS of idle streams, and fan-out at
-//! saturation with the CPU time it took. Prints the tables for docs/benchmarks.md.
+//! and 1,000 subscribers; 1,000 threads with one each), the RSS of idle streams, fan-out at
+//! saturation with the CPU time it took, the open rate of fresh streams and a restart with
+//! thousands of them open (until every one is back and has resumed exactly), a flood of
+//! notifications from a connect-only role (the replies' latency meanwhile, RSS, CPU), and the
+//! dashboard cases (one connection following 1,000 threads: latency and RSS per connection; 100
+//! dashboards x 100 threads with writers over all of them: latency and CPU per event). Prints the
+//! tables for docs/benchmarks.md.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::stack::{self, Stack};
@@ -27,6 +32,23 @@ pub struct Args {
     /// Seconds per fan-out step.
     #[arg(long, default_value_t = 5)]
     step_secs: u64,
+    /// The measurements to make, of latency, capacity, fanout, restart, flood, dashboard.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "latency,capacity,fanout,restart,flood,dashboard"
+    )]
+    phases: Vec<String>,
+    /// Streams held through the restart (19,800: the open-files limit on the machine of
+    /// docs/benchmarks.md), for each spread of `--restart-per-thread`.
+    #[arg(long, default_value_t = 19_800)]
+    restart_streams: usize,
+    /// Streams per thread in the restart, one measurement each.
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    restart_per_thread: Vec<usize>,
+    /// Notifications in the flood (half forged, half replayed).
+    #[arg(long, default_value_t = 1_000_000)]
+    flood_notifications: u64,
     /// Use the extension already installed in the PostgreSQL of `PG_BIN` (no set-up, no
     /// `cargo pgrx install`).
     #[arg(long)]
@@ -41,6 +63,22 @@ pub struct Args {
     /// interleaved over `--rounds`.
     #[arg(long)]
     compare_delivery: bool,
+    /// Threads one dashboard connection follows.
+    #[arg(long, default_value_t = 1000)]
+    dashboard_threads: u32,
+    /// Dashboards of the many-dashboards case, and threads each follows.
+    #[arg(long, default_value_t = 100)]
+    dashboards: u32,
+    #[arg(long, default_value_t = 100)]
+    per_dashboard: u32,
+    /// Inserts per second, over all of the many dashboards' threads, and for how long.
+    #[arg(long, default_value_t = 500.0)]
+    dashboard_rate: f64,
+    #[arg(long, default_value_t = 10)]
+    dashboard_secs: u64,
+    /// Only the dashboard cases (this build's broadcaster; no --before).
+    #[arg(long)]
+    dashboard_only: bool,
     /// Latency rounds: with `--before`, the latency cases run this many times for each binary,
     /// alternating, and the comparison takes the median of each one's rounds (a shared machine's
     /// load comes and goes; alternating spreads it over both). With `--compare-delivery`, the
@@ -72,6 +110,12 @@ pub fn run(args: Args) -> Result<()> {
     if args.compare_delivery {
         return crate::bench_delivery::run(&stack, &machine, args.rounds.max(1) as u32);
     }
+    if args.dashboard_only {
+        let dashboard = dashboard_cases(&stack, &args)?;
+        eprintln!("broadcaster log: {}", stack.log_path().display());
+        println!("\n{machine}\n");
+        return print_dashboard(&dashboard["dashboard"]);
+    }
     if args.multi_replica {
         println!("\n{machine}\n");
         return crate::bench_replicas::run(&stack, &args.multi);
@@ -98,15 +142,18 @@ pub fn run(args: Args) -> Result<()> {
             shared: Value::Null,
             latency: Vec::new(),
             fanout: Value::Null,
+            restart: Vec::new(),
+            flood: Value::Null,
         })
         .collect();
-    for run in &mut runs {
+    let phase = |name: &str| args.phases.iter().any(|p| p == name);
+    for run in runs.iter_mut().filter(|_| phase("capacity")) {
         let broadcaster = stack.broadcaster_from(&run.bin, most + 1000)?;
         run.capacity = stack.loadgen(&broadcaster, &["capacity", "--counts", &args.counts])?;
         broadcaster.stop()?;
     }
     // The same with ten streams per thread: the difference is what a thread task costs.
-    for run in &mut runs {
+    for run in runs.iter_mut().filter(|_| phase("capacity")) {
         let broadcaster = stack.broadcaster_from(&run.bin, 11_000)?;
         run.shared = stack.loadgen(
             &broadcaster,
@@ -115,7 +162,7 @@ pub fn run(args: Args) -> Result<()> {
         broadcaster.stop()?;
     }
     for _ in 0..args.rounds.max(1) {
-        for run in &mut runs {
+        for run in runs.iter_mut().filter(|_| phase("latency")) {
             let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
             run.latency.push(stack.loadgen(
                 &broadcaster,
@@ -130,7 +177,7 @@ pub fn run(args: Args) -> Result<()> {
             broadcaster.stop()?;
         }
     }
-    for run in &mut runs {
+    for run in runs.iter_mut().filter(|_| phase("fanout")) {
         let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
         run.fanout = stack.loadgen(
             &broadcaster,
@@ -144,30 +191,158 @@ pub fn run(args: Args) -> Result<()> {
         )?;
         broadcaster.stop()?;
     }
+    for run in runs.iter_mut().filter(|_| phase("restart")) {
+        for per_thread in &args.restart_per_thread {
+            run.restart.push(restart(
+                &stack,
+                &run.bin,
+                args.restart_streams,
+                *per_thread,
+            )?);
+        }
+    }
+    for run in runs.iter_mut().filter(|_| phase("flood")) {
+        let broadcaster = stack.broadcaster_from(&run.bin, 10_000)?;
+        run.flood = stack.loadgen(
+            &broadcaster,
+            &[
+                "flood",
+                "--notifications",
+                &args.flood_notifications.to_string(),
+            ],
+        )?;
+        broadcaster.stop()?;
+    }
     if runs.len() > 1 {
         print_comparison(&runs);
     }
-    let Run {
-        capacity,
-        shared,
-        mut latency,
-        fanout,
-        ..
-    } = runs.pop().expect("this build was measured");
-    let latency = latency.pop().expect("at least one latency round");
+    let mut this = runs.pop().expect("this build was measured");
 
     eprintln!("broadcaster log: {}", stack.log_path().display());
     println!("\n{machine}\n");
-    let verdicts = [
-        print_latency(&latency["latency"])?,
-        print_capacity(&capacity["capacity"], "one thread each", true)?,
-        print_capacity(&shared["capacity"], "ten per thread", false)?,
-    ];
-    print_fanout(&fanout["fanout"])?;
+    let mut verdicts = Vec::new();
+    if let Some(latency) = this.latency.pop() {
+        verdicts.extend(print_latency(&latency["latency"])?);
+    }
+    if phase("capacity") {
+        verdicts.extend(print_capacity(
+            &this.capacity["capacity"],
+            "one thread each",
+            true,
+        )?);
+        verdicts.extend(print_capacity(
+            &this.shared["capacity"],
+            "ten per thread",
+            false,
+        )?);
+    }
+    if phase("fanout") {
+        print_fanout(&this.fanout["fanout"])?;
+    }
+    if phase("restart") {
+        for run in runs.iter().chain([&this]) {
+            println!("{}:\n", run.label);
+            verdicts.extend(print_restart(&run.restart));
+        }
+    }
+    if phase("flood") {
+        for run in runs.iter().chain([&this]) {
+            println!("{}:\n", run.label);
+            print_flood(&run.flood["flood"]);
+        }
+    }
+    if phase("dashboard") {
+        let dashboard = dashboard_cases(&stack, &args)?;
+        print_dashboard(&dashboard["dashboard"])?;
+    }
     println!();
-    for line in verdicts.iter().flatten() {
+    for line in &verdicts {
         println!("- {line}");
     }
+    Ok(())
+}
+
+/// The dashboard cases, on a fresh broadcaster of this build.
+fn dashboard_cases(stack: &Stack, args: &Args) -> Result<Value> {
+    let broadcaster = stack.broadcaster_from(&stack.broadcaster_bin(), 10_000)?;
+    let result = stack.loadgen(
+        &broadcaster,
+        &[
+            "dashboard",
+            "--threads",
+            &args.dashboard_threads.to_string(),
+            "--dashboards",
+            &args.dashboards.to_string(),
+            "--per-dashboard",
+            &args.per_dashboard.to_string(),
+            "--rate",
+            &args.dashboard_rate.to_string(),
+            "--seconds",
+            &args.dashboard_secs.to_string(),
+        ],
+    )?;
+    broadcaster.stop()?;
+    Ok(result)
+}
+
+fn print_dashboard(d: &Value) -> Result<()> {
+    let (single, rss, many) = (&d["single"], &d["rss"], &d["many"]);
+    if single.is_null() {
+        bail!("no dashboard results");
+    }
+    println!(
+        "\nDashboards: project tokens, many threads per connection (GET /api/dashboard/stream)\n"
+    );
+    println!(
+        "| case | events | receipts | p50 | p99 | max | missing | broadcaster CPU per event |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, c) in [
+        (
+            format!(
+                "1 connection x {} threads, one commit at a time",
+                thousands(single["threads"].as_u64().unwrap_or(0))
+            ),
+            single,
+        ),
+        (
+            format!(
+                "{} dashboards x {} threads, {} inserts/s for {} s",
+                many["dashboards"],
+                many["threads_per_dashboard"],
+                many["offered_inserts_per_s"],
+                many["seconds"]
+            ),
+            many,
+        ),
+    ] {
+        let l = &c["latency"];
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {:.1} µs |",
+            thousands(c["events"].as_u64().or(c["inserts"].as_u64()).unwrap_or(0)),
+            thousands(l["samples"].as_u64().unwrap_or(0)),
+            ms(&l["p50_us"]),
+            ms(&l["p99_us"]),
+            ms(&l["max_us"]),
+            c["missing"],
+            c["broadcaster_cpu_us_per_event"].as_f64().unwrap_or(0.0),
+        );
+    }
+    println!(
+        "\nmany dashboards: broadcaster {:.2} cores, load generator {:.1} µs of CPU per event; events of a thread not followed: {}",
+        many["broadcaster_cpu_cores"].as_f64().unwrap_or(0.0),
+        many["loadgen_cpu_us_per_event"].as_f64().unwrap_or(0.0),
+        many["foreign"].as_u64().unwrap_or(0) + single["foreign"].as_u64().unwrap_or(0)
+    );
+    println!(
+        "RSS: {:.1} MiB with no dashboard, {:.1} MiB with {} connections of {} threads each: {} bytes per connection ({} per followed thread, its thread task included)",
+        rss["rss0_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+        rss["rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+        rss["connections"],
+        thousands(rss["threads_per_connection"].as_u64().unwrap_or(0)),
+        thousands(rss["bytes_per_connection"].as_f64().unwrap_or(0.0) as u64),
+        thousands(rss["bytes_per_thread"].as_f64().unwrap_or(0.0) as u64),
+    );
     Ok(())
 }
 
@@ -180,6 +355,9 @@ struct Run {
     /// One result per latency round.
     latency: Vec<Value>,
     fanout: Value,
+    /// One measurement per spread of the restart.
+    restart: Vec<Value>,
+    flood: Value,
 }
 
 impl Run {
@@ -438,4 +616,143 @@ fn print_fanout(fanout: &Value) -> Result<()> {
         best["broadcaster_cpu_us_per_event"].as_f64().unwrap_or(0.0)
     );
     Ok(())
+}
+
+/// The target of issue 10: every stream back and resumed within 10 s of a restart.
+const RECOVERY_TARGET_SECS: f64 = 10.0;
+
+/// Opens `streams` streams on a fresh broadcaster from `bin`, `per_thread` on each thread, and
+/// restarts it (SIGTERM, then a new process on the same address) when the load generator says it
+/// is READY; returns what the load generator measured, with the new broadcaster's table reads
+/// for the recovery.
+fn restart(
+    stack: &Stack,
+    bin: &std::path::Path,
+    streams: usize,
+    per_thread: usize,
+) -> Result<Value> {
+    let limit = streams + 1000;
+    let first = stack.broadcaster_from(bin, limit)?;
+    let (addr, pid) = (first.addr, first.pid());
+    let mut first = Some(first);
+    let mut second = None;
+    let mut measured = stack.loadgen_with(
+        addr,
+        pid,
+        &[
+            "restart",
+            "--streams",
+            &streams.to_string(),
+            "--per-thread",
+            &per_thread.to_string(),
+        ],
+        |line| {
+            if line == "READY" {
+                if let Some(first) = first.take() {
+                    let stopped = first.stop()?;
+                    eprintln!(
+                        "restart: the broadcaster stopped in {stopped:.1?}; starting it again"
+                    );
+                    second = Some(stack.broadcaster_at(bin, addr, limit)?);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let second = second.context("the load generator never said READY")?;
+    let reads = |purpose: &str| {
+        second.metric(&format!(
+            "threadcast_table_reads_total{{purpose=\"{purpose}\"}}"
+        ))
+    };
+    measured["restart"]["table_reads"] = serde_json::json!({
+        "baseline": reads("baseline"),
+        "catch_up": reads("catch_up"),
+        "repair": reads("repair"),
+    });
+    second.stop()?;
+    Ok(measured)
+}
+
+fn print_restart(runs: &[Value]) -> Vec<String> {
+    println!("Open rate and a restart (SIGTERM, a new process on the same address; streams come back as EventSource does)\n");
+    println!("| streams | per thread | open rate | replies written while down | back (joined) | resumed exactly | table reads after: baseline / catch-up / repair | doubled / lost |");
+    println!("|---:|---:|---:|---:|---:|---:|---|---|");
+    let mut verdicts = Vec::new();
+    for run in runs {
+        let r = &run["restart"];
+        let seconds = |v: &Value| v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"));
+        println!(
+            "| {} | {} | {}/s | {} | {} | {} | {} / {} / {} | {} / {} |",
+            thousands(r["streams"].as_u64().unwrap_or(0)),
+            thousands(
+                r["streams"].as_u64().unwrap_or(0) / r["threads"].as_u64().unwrap_or(1).max(1)
+            ),
+            thousands(r["open_rate"].as_f64().unwrap_or(0.0) as u64),
+            thousands(r["writes_while_down"].as_u64().unwrap_or(0)),
+            seconds(&r["rejoined_seconds"]),
+            seconds(&r["recovered_seconds"]),
+            r["table_reads"]["baseline"],
+            r["table_reads"]["catch_up"],
+            r["table_reads"]["repair"],
+            r["doubled"],
+            r["lost"],
+        );
+        let recovered = r["recovered_seconds"].as_f64().unwrap_or(f64::MAX);
+        let exact =
+            r["doubled"] == 0 && r["lost"] == 0 && r["out_of_order"] == 0 && r["all_back"] == true;
+        verdicts.push(format!(
+            "restart with {} streams ({} per thread): back and resumed in {:.2} s, {} (target: within {RECOVERY_TARGET_SECS} s, exactly): {}",
+            thousands(r["streams"].as_u64().unwrap_or(0)),
+            r["streams"].as_u64().unwrap_or(0) / r["threads"].as_u64().unwrap_or(1).max(1),
+            recovered,
+            if exact { "exactly" } else { "NOT exactly" },
+            if exact && recovered <= RECOVERY_TARGET_SECS { "met" } else { "NOT met" }
+        ));
+    }
+    println!();
+    verdicts
+}
+
+fn print_flood(flood: &Value) {
+    let mib = |v: &Value| format!("{:.1} MiB", v.as_f64().unwrap_or(0.0) / 1048576.0);
+    println!(
+        "Flood: a connect-only role sends {} notifications ({} forged, {} replays of genuine ones) while {} replies/s flow to {} streams on {} threads\n",
+        thousands(flood["notifications"].as_u64().unwrap_or(0)),
+        thousands(flood["forged"].as_u64().unwrap_or(0)),
+        thousands(flood["replayed"].as_u64().unwrap_or(0)),
+        flood["reply_rate"],
+        flood["streams"],
+        flood["threads"],
+    );
+    println!("| replies | receipts | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    for (label, key) in [
+        ("without the flood", "latency_without"),
+        ("during the flood", "latency_during"),
+    ] {
+        let l = &flood[key];
+        println!(
+            "| {label} | {} | {} | {} | {} |",
+            thousands(l["samples"].as_u64().unwrap_or(0)),
+            ms(&l["p50_us"]),
+            ms(&l["p99_us"]),
+            ms(&l["max_us"]),
+        );
+    }
+    println!(
+        "\nsent in {:.1} s, taken by the broadcaster in {:.1} s ({} notifications/s, {:.1} s of CPU); RSS {} before, peak {}; {} rejected, {} stale, {} dropped for a full buffer (every live thread then read the table); replies doubled {}, lost {}, all arrived: {}",
+        flood["sent_seconds"].as_f64().unwrap_or(0.0),
+        flood["taken_seconds"].as_f64().unwrap_or(0.0),
+        thousands(flood["taken_per_second"].as_f64().unwrap_or(0.0) as u64),
+        flood["broadcaster_cpu_seconds"].as_f64().unwrap_or(0.0),
+        mib(&flood["rss_before_bytes"]),
+        mib(&flood["peak_rss_bytes"]),
+        thousands(flood["rejected"].as_f64().unwrap_or(0.0) as u64),
+        thousands(flood["stale"].as_f64().unwrap_or(0.0) as u64),
+        thousands(flood["dropped"].as_f64().unwrap_or(0.0) as u64),
+        flood["doubled"],
+        flood["lost"],
+        flood["all_arrived"],
+    );
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: PostgreSQL with the extension and demo data, and the broadcaster serving
-//! its two-pane demo page, until Ctrl-C.
+//! its two-pane demo page and its agency dashboard (a React page built with esbuild), until
+//! Ctrl-C.
 
 use std::process::Command;
 
@@ -39,6 +40,23 @@ pub fn run(args: Args) -> Result<()> {
         "threadcast-broadcaster",
     ]))?;
 
+    // The dashboard page: React and esbuild from npm, built into target/demo-dashboard.
+    let widget = repo.join("widget");
+    if !widget.join("node_modules").exists() {
+        cmd::run(
+            Command::new("npm")
+                .current_dir(&widget)
+                .args(["ci", "--no-audit", "--no-fund"]),
+        )?;
+    }
+    let assets = cmd::target_dir().join("demo-dashboard");
+    cmd::run(
+        Command::new("node")
+            .current_dir(&widget)
+            .arg("scripts/build-demo.mjs")
+            .arg(&assets),
+    )?;
+
     let cluster = cluster::create("demo", &[])?;
     let db = "threadcast_demo";
     cluster.create_db(db)?;
@@ -53,13 +71,18 @@ pub fn run(args: Args) -> Result<()> {
         "GRANT SELECT ON public.feedback TO threadcast_broadcaster",
     ]))?;
 
-    let secret = format!("demo-secret-{}", std::process::id());
+    let secret = format!("demo-secret-of-32-bytes-or-more-{}", std::process::id());
     let url = cluster.uri(db, "postgres");
     let broadcaster_url = cluster.uri(db, "threadcast_broadcaster");
     let bin = cmd::target_dir().join("debug/threadcast-broadcaster");
     let mut broadcaster = Command::new(&bin)
         .arg("--demo")
+        .arg("--demo-assets")
+        .arg(&assets)
         .env("DATABASE_URL", &broadcaster_url)
+        // Dashboard tokens scoped to projects: a thread is public.feedback's id, its project
+        // the row's project_id.
+        .env("THREADCAST_PROJECT_TABLE", "public.feedback")
         .env("THREADCAST_ADDR", &args.addr)
         .env("THREADCAST_JWT_SECRET", &secret)
         .env(

@@ -59,7 +59,7 @@ impl Stack {
             broadcaster_url: cluster.uri(db, "threadcast_broadcaster"),
             url: cluster.uri(db, "postgres"),
             cluster,
-            secret: format!("bench-secret-{}", std::process::id()),
+            secret: format!("bench-secret-of-32-bytes-or-more-{}", std::process::id()),
             bin: cmd::target_dir().join("release"),
         })
     }
@@ -79,12 +79,35 @@ impl Stack {
     /// waits until it is ready.
     pub fn broadcaster_from(&self, bin: &Path, max_connections: usize) -> Result<Broadcaster> {
         let addr: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        self.broadcaster_at(bin, addr, max_connections)
+    }
+
+    /// Starts a broadcaster from `bin` on `addr` (a restart on a stopped one's address, where
+    /// its clients come back) and waits until it is ready. The caps per token subject and per
+    /// thread are as high as `max_connections`: the benchmarks put many streams on one thread
+    /// with one token.
+    pub fn broadcaster_at(
+        &self,
+        bin: &Path,
+        addr: SocketAddr,
+        max_connections: usize,
+    ) -> Result<Broadcaster> {
         let mut command = Command::new(bin);
         command
             .env("DATABASE_URL", &self.broadcaster_url)
             .env("THREADCAST_ADDR", addr.to_string())
             .env("THREADCAST_JWT_SECRET", &self.secret)
             .env("THREADCAST_MAX_CONNECTIONS", max_connections.to_string())
+            // Dashboard tokens scoped to projects (bench stream's dashboard cases).
+            .env("THREADCAST_PROJECT_TABLE", "public.feedback")
+            .env(
+                "THREADCAST_MAX_STREAMS_PER_SUBJECT",
+                max_connections.to_string(),
+            )
+            .env(
+                "THREADCAST_MAX_STREAMS_PER_THREAD",
+                max_connections.to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log()?);
@@ -127,12 +150,24 @@ impl Stack {
 
     /// Runs the load generator against `broadcaster` with `args`; returns the JSON it printed.
     pub fn loadgen(&self, broadcaster: &Broadcaster, args: &[&str]) -> Result<serde_json::Value> {
+        self.loadgen_with(broadcaster.addr, broadcaster.pid(), args, |_| Ok(()))
+    }
+
+    /// [`Stack::loadgen`], calling `on_line` with each line it prints before its result (the
+    /// restart phase prints `READY` when it is time to restart the broadcaster).
+    pub fn loadgen_with(
+        &self,
+        addr: SocketAddr,
+        pid: u32,
+        args: &[&str],
+        mut on_line: impl FnMut(&str) -> Result<()>,
+    ) -> Result<serde_json::Value> {
         let mut command = Command::new(self.bin.join("loadgen"));
         command
             .arg("--addr")
-            .arg(broadcaster.addr.to_string())
+            .arg(addr.to_string())
             .arg("--pid")
-            .arg(broadcaster.pid().to_string())
+            .arg(pid.to_string())
             .args(args)
             .env("DATABASE_URL", &self.url)
             .env("THREADCAST_JWT_SECRET", &self.secret)
@@ -145,14 +180,25 @@ impl Stack {
                 Ok(())
             });
         }
-        let out = command
-            .output()
+        let mut child = command
+            .stdout(Stdio::piped())
+            .spawn()
             .context("cannot start the load generator")?;
-        if !out.status.success() {
-            bail!("the load generator failed with {}", out.status);
+        let stdout = child.stdout.take().expect("piped");
+        let mut last = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let line = line.context("read the load generator's output")?;
+            if line.trim_start().starts_with('{') {
+                last = line;
+            } else {
+                on_line(line.trim())?;
+            }
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.trim()).with_context(|| format!("load generator output: {text}"))
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("the load generator failed with {status}");
+        }
+        serde_json::from_str(last.trim()).with_context(|| format!("load generator output: {last}"))
     }
 }
 
@@ -271,6 +317,21 @@ pub struct Broadcaster {
 impl Broadcaster {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The value of metric `series` (the whole series, labels included), or 0.
+    pub fn metric(&self, series: &str) -> f64 {
+        get_body(self.addr, "/metrics")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
     }
 
     /// SIGKILL, as a crash would: its connections are closed by the kernel, mid-stream.

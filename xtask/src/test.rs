@@ -61,11 +61,22 @@ pub fn run(args: Args) -> Result<()> {
     cmd::run(&mut install)?;
     install_upgrade_fixture()?;
 
-    // 3. The payload contract, the broadcaster, and the black-box and browser tests in tests/.
+    // 3. The payload contract, the broadcaster, and the black-box and browser tests in tests/
+    // (the dashboard's browser tests build its React page with the widget's esbuild).
+    widget_deps()?;
     cmd::run(Command::new("cargo").current_dir(&repo).arg("test"))?;
 
     // 4. The widget's client tests (Node's test runner; no browser).
     widget()
+}
+
+/// The widget's npm dependencies (esbuild, React), exactly as its lock file says.
+fn widget_deps() -> Result<()> {
+    cmd::run(
+        Command::new("npm")
+            .current_dir(cmd::repo().join("widget"))
+            .args(["ci", "--no-audit", "--no-fund"]),
+    )
 }
 
 /// The released 0.1.0's install script, which the upgrade tests (`tests/it/upgrade.rs`) start
@@ -98,11 +109,10 @@ fn quick() -> Result<()> {
 }
 
 fn widget() -> Result<()> {
-    let widget = cmd::repo().join("widget");
+    widget_deps()?;
     cmd::run(
         Command::new("npm")
-            .current_dir(&widget)
-            .args(["ci", "--no-audit", "--no-fund"]),
-    )?;
-    cmd::run(Command::new("npm").current_dir(&widget).arg("test"))
+            .current_dir(cmd::repo().join("widget"))
+            .arg("test"),
+    )
 }

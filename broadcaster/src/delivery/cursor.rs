@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, PageSize, Store, StoreError};
 
 /// The last seq passed on: everything at or below it has been, nothing above it yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,24 +39,28 @@ impl Cursor {
     }
 }
 
-/// The changes of one thread with `after < seq <= until`, read page by page in seq order.
+/// The changes of one thread with `after < seq <= until`, read page by page in seq order, each
+/// page bounded in rows and in bytes ([`PageSize`]).
 pub(crate) struct Pages {
     thread: Arc<str>,
     after: i64,
     until: Option<i64>,
-    rows: i32,
+    size: PageSize,
     done: bool,
 }
 
 impl Pages {
-    /// Pages of at most `rows` changes of `thread` after `after`, up to `until` (None: all).
-    pub fn new(thread: Arc<str>, after: i64, until: Option<i64>, rows: i32) -> Self {
+    /// Pages of `thread`'s changes after `after`, up to `until` (None: all).
+    pub fn new(thread: Arc<str>, after: i64, until: Option<i64>, size: PageSize) -> Self {
         Pages {
             done: until.is_some_and(|until| until <= after),
             thread,
             after,
             until,
-            rows: rows.max(1),
+            size: PageSize {
+                rows: size.rows.max(1),
+                ..size
+            },
         }
     }
 
@@ -71,15 +75,13 @@ impl Pages {
         &'a self,
         store: &'a dyn Store,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
-        store.changes(&self.thread, self.after, self.until, self.rows)
+        store.changes_page(&self.thread, self.after, self.until, self.size)
     }
 
-    /// Moves past `page`: a short page was the last.
+    /// Moves past `page`: a page that is not full (in rows or in bytes) was the last.
     pub fn advance(&mut self, page: &[Change]) {
         match page.last() {
-            Some(last) if page.len() >= self.rows as usize && last.seq > self.after => {
-                self.after = last.seq
-            }
+            Some(last) if self.size.is_full(page) && last.seq > self.after => self.after = last.seq,
             _ => self.done = true,
         }
     }

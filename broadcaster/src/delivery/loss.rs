@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::msg::{Notice, NoticeBody, ThreadMsg};
+use super::msg::{Notice, NoticeBody};
 use super::Delivery;
 
 /// The shortest time between two resyncs of every live thread.
@@ -66,8 +66,9 @@ impl Delivery {
         });
     }
 
-    /// Starts the anti-entropy sweep: every `period`, each thread with subscribers learns its
-    /// counter and repairs up to it if it is behind. Runs until shutdown.
+    /// Starts the anti-entropy sweep: every `period`, while the source is batched, each thread
+    /// with subscribers learns its counter and repairs up to it if it is behind. Runs until
+    /// shutdown.
     pub fn spawn_anti_entropy(&self, period: Duration) {
         let delivery = self.clone();
         let shutdown = self.ctx.shutdown.clone();
@@ -86,6 +87,12 @@ impl Delivery {
 
     /// One anti-entropy pass over the threads that have subscribers.
     pub(crate) async fn sweep(&self) {
+        // Only a batch worker can leave a tail unannounced; a per-transaction source (which
+        // `enable()` may switch to while this runs) loses notifications only with the LISTEN
+        // connection, and its reconnect resyncs.
+        if !self.trust.batched() {
+            return;
+        }
         let threads = self.ctx.registry.live_threads();
         for batch in threads.chunks(SWEEP_BATCH) {
             let counters = match self.ctx.store.current_seqs(batch).await {
@@ -98,12 +105,13 @@ impl Delivery {
             };
             for (thread, seq) in counters {
                 if seq > 0 {
-                    self.ctx.registry.send(
+                    // A thread that already forwarded `seq` finds the notice stale and drops it.
+                    let _ = self.ctx.registry.offer(
                         &thread,
-                        ThreadMsg::Notice(Notice {
+                        Notice {
                             seq,
                             body: NoticeBody::Fetch,
-                        }),
+                        },
                     );
                 }
             }

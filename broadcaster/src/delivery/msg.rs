@@ -1,15 +1,14 @@
-//! The messages a thread's task reads from its inbox, and the notice: what delivery takes from one
-//! notification once [`trust`](super::trust) has judged it.
+//! What a thread's task is told: subscription changes ([`Control`], queued in order) and notices
+//! (what delivery takes from one notification once [`trust`](super::trust) has judged it, which
+//! the [`inbox`](super::inbox) coalesces).
 
 use tokio::sync::oneshot;
 
 use super::queue;
 use crate::sse::Event;
 
-/// A message to a thread's task. Order matters: the task handles them in the order they were
-/// queued, so a subscriber joins after every notice queued before it.
-pub(crate) enum ThreadMsg {
-    Notice(Notice),
+/// A subscription change, handled in the order it came.
+pub(crate) enum Control {
     Subscribe {
         id: u64,
         events: queue::Sender<Event>,
@@ -17,8 +16,6 @@ pub(crate) enum ThreadMsg {
         joined: oneshot::Sender<i64>,
     },
     Unsubscribe(u64),
-    /// Notifications may have been lost (the LISTEN connection was down): read the table.
-    Resync,
 }
 
 /// One notification of a thread, as far as it is trusted.

@@ -1,10 +1,9 @@
-//! The queues between the hub, the thread tasks and the streams: a thread task's inbox and each
-//! subscriber's bounded buffer of events.
+//! Each subscriber's bounded queue of events, from its thread's task to its stream.
 //!
-//! They hold nothing nearly all the time, and there is one per thread and one per stream. A
-//! tokio channel allocates a block of 32 slots up front and pads its state to cache lines (about
-//! 1.8 KB for a buffer of events, 2.3 KB for an inbox); this one is a lock, a waker and a
-//! `VecDeque` that allocates only once something is queued, about 100 bytes.
+//! It holds nothing nearly all the time, and there is one per stream. A tokio channel allocates a
+//! block of 32 slots up front and pads its state to cache lines (about 1.8 KB for a buffer of
+//! events); this one is a lock, a waker and a `VecDeque` that allocates only once something is
+//! queued, about 100 bytes.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -13,15 +12,15 @@ use std::task::Poll;
 
 use futures::task::AtomicWaker;
 
-/// Creates a queue that holds at most `capacity` items (`None`: no bound).
-pub(crate) fn queue<T>(capacity: Option<usize>) -> (Sender<T>, Receiver<T>) {
+/// Creates a queue that holds at most `capacity` items.
+pub(crate) fn queue<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
             senders: 1,
             receiver: true,
         }),
-        capacity: capacity.unwrap_or(usize::MAX).max(1),
+        capacity: capacity.max(1),
         waker: AtomicWaker::new(),
     });
     (
@@ -82,11 +81,6 @@ impl<T> Sender<T> {
         }
         self.shared.waker.wake();
         Ok(())
-    }
-
-    /// Whether the receiver is gone.
-    pub(crate) fn is_closed(&self) -> bool {
-        !self.shared.state().receiver
     }
 }
 
@@ -152,11 +146,6 @@ impl<T> Receiver<T> {
             None => None,
         }
     }
-
-    /// Whether nothing is queued.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.shared.state().items.is_empty()
-    }
 }
 
 impl<T> Drop for Receiver<T> {
@@ -177,7 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn items_arrive_in_order_and_the_end_follows_the_last_sender() {
-        let (tx, mut rx) = queue(None);
+        let (tx, mut rx) = queue(8);
         let tx2 = tx.clone();
         tx.try_send(1).unwrap();
         tx2.try_send(2).unwrap();
@@ -196,19 +185,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_and_a_dropped_receiver_closes_it() {
-        let (tx, rx) = queue(Some(2));
+        let (tx, rx) = queue(2);
         tx.try_send(1).unwrap();
         tx.try_send(2).unwrap();
         assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
-        assert!(!tx.is_closed());
         drop(rx);
-        assert!(tx.is_closed());
         assert_eq!(tx.try_send(4), Err(TrySendError::Closed(4)));
     }
 
     #[tokio::test]
     async fn a_waiting_receiver_wakes_for_an_item_from_another_task() {
-        let (tx, mut rx) = queue(Some(1));
+        let (tx, mut rx) = queue(1);
         let waiting = tokio::spawn(async move { rx.recv().await });
         tokio::task::yield_now().await;
         tx.try_send("hello").unwrap();

@@ -5,23 +5,25 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::msg::ThreadMsg;
-use super::queue::{Receiver, Sender};
+use super::inbox::{Inbox, InboxReader, Offered};
+use super::msg::{Control, Notice};
 
 /// Thread key (the thread column's text form) → the inbox of its task.
 ///
-/// **Lock discipline.** Every message is queued while this lock is held, and a task retires
-/// (leaves the map) only under it, after finding its inbox empty. So a message is never queued
-/// for a task that has already looked at its inbox for the last time: a subscriber never joins a
-/// task that is gone, and a notice never lands behind a retirement. The lock is held for a map
-/// look-up and a queue push, never across an await or while rendering.
+/// **Lock discipline.** Every subscription change is queued while this lock is held, and a task
+/// retires (leaves the map) only under it, after finding no subscription change waiting. So a
+/// subscriber never joins a task that has already looked at its inbox for the last time. Notices
+/// and resyncs are offered under it too, which keeps a retiring task from taking them half way;
+/// a retired task's notices are worth nothing (it had no subscribers). The lock is held for a map
+/// look-up and an inbox update (the inbox's own lock, always taken after this one), never across
+/// an await or while rendering.
 #[derive(Default)]
 pub(crate) struct Registry {
-    threads: Mutex<HashMap<Arc<str>, Sender<ThreadMsg>>>,
+    threads: Mutex<HashMap<Arc<str>, Inbox>>,
 }
 
 impl Registry {
-    fn threads(&self) -> MutexGuard<'_, HashMap<Arc<str>, Sender<ThreadMsg>>> {
+    fn threads(&self) -> MutexGuard<'_, HashMap<Arc<str>, Inbox>> {
         // Every change under the lock is one insert or remove: a panic cannot leave it half done,
         // so a poisoned lock is still good to use.
         self.threads.lock().unwrap_or_else(|e| e.into_inner())
@@ -29,12 +31,12 @@ impl Registry {
 
     /// Queues `msg` for `thread`'s task, starting one with `spawn` if the thread has none (or
     /// only a dead one and `respawn` allows replacing it). Returns the shared key.
-    pub fn send_or_spawn(
+    pub fn control_or_spawn(
         &self,
         thread: &str,
         respawn: bool,
-        spawn: impl FnOnce(Arc<str>) -> Sender<ThreadMsg>,
-        msg: ThreadMsg,
+        spawn: impl FnOnce(Arc<str>) -> Inbox,
+        msg: Control,
     ) -> Arc<str> {
         let mut threads = self.threads();
         let key: Arc<str> = match threads.get_key_value(thread) {
@@ -50,28 +52,41 @@ impl Registry {
             threads.insert(key.clone(), spawn(key.clone()));
         }
         // A task gone on shutdown refuses; the sender of `msg` learns it from its reply channel.
-        let _ = threads[&key].try_send(msg);
+        let _ = threads[&key].control(msg);
         key
     }
 
     /// Queues `msg` for `thread`'s task if it has one.
-    pub fn send(&self, thread: &str, msg: ThreadMsg) {
+    pub fn control(&self, thread: &str, msg: Control) {
         if let Some(inbox) = self.threads().get(thread) {
-            let _ = inbox.try_send(msg);
+            let _ = inbox.control(msg);
         }
     }
 
-    /// Queues a message made by `msg` for every task.
-    pub fn send_all(&self, msg: impl Fn() -> ThreadMsg) {
+    /// Offers `notice` to `thread`'s task; None if the thread has no task.
+    pub fn offer(&self, thread: &str, notice: Notice) -> Option<Offered> {
+        self.threads().get(thread).map(|inbox| inbox.offer(notice))
+    }
+
+    /// Asks `thread`'s task, if it has one, to read its table to the end.
+    pub fn resync(&self, thread: &str) {
+        if let Some(inbox) = self.threads().get(thread) {
+            inbox.resync();
+        }
+    }
+
+    /// Asks every task to read its thread's table to the end.
+    pub fn resync_all(&self) {
         for inbox in self.threads().values() {
-            let _ = inbox.try_send(msg());
+            inbox.resync();
         }
     }
 
-    /// Removes `thread`'s task if its inbox is empty; the task stops when this returns true.
-    pub fn retire(&self, thread: &str, inbox: &Receiver<ThreadMsg>) -> bool {
+    /// Removes `thread`'s task if no subscription change waits in its inbox; the task stops when
+    /// this returns true.
+    pub fn retire(&self, thread: &str, inbox: &InboxReader) -> bool {
         let mut threads = self.threads();
-        if !inbox.is_empty() {
+        if !inbox.no_control() {
             return false;
         }
         threads.remove(thread);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::msg::ThreadMsg;
+use super::msg::Control;
 use super::queue::Receiver;
 use super::registry::Registry;
 use crate::sse::Event;
@@ -41,6 +41,6 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.registry
-            .send(&self.thread, ThreadMsg::Unsubscribe(self.id));
+            .control(&self.thread, Control::Unsubscribe(self.id));
     }
 }

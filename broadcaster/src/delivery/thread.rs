@@ -3,26 +3,31 @@
 //! behind.
 //!
 //! The extension numbers each thread's changes 1, 2, 3, ... without holes, so the task only needs
-//! the last seq it forwarded (its [`Cursor`]): a notice for anything but the next number means
-//! notifications were missed, and `Store::changes(after = last, until = seq)` brings back what
-//! they carried.
+//! the last seq it forwarded (its [`Cursor`]): the [`inbox`](super::inbox) hands it the events
+//! that follow on from it, and coalesces every other notice into one claim, "the thread changed up
+//! to seq N", which `Store::changes(after = last, until = N)` brings back. Two things keep a flood
+//! of notices from turning into a flood of queries: the thread's counter is cached (a claim at or
+//! below the last counter read needs no new read of it), and repairs are at most one per
+//! `repair_interval` per thread (the claims that arrive meanwhile coalesce into the next one).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::cursor::{Cursor, Pages};
-use super::msg::{Notice, NoticeBody, ThreadMsg};
+use super::inbox::{self, InboxReader, Until};
+use super::msg::Control;
 use super::queue::{self, TrySendError};
 use super::registry::Registry;
 use super::trust;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Read};
 use crate::sse::Event;
-use crate::store::{Store, StoreError};
+use crate::store::{PageSize, Store, StoreError};
 
 /// What every thread task needs, shared.
 pub(crate) struct ThreadContext {
@@ -30,21 +35,24 @@ pub(crate) struct ThreadContext {
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub subscriber_buffer: usize,
-    /// Rows per table read.
-    pub page_rows: i32,
+    /// How much one table read may bring.
+    pub page: PageSize,
     pub max_backoff: Duration,
+    /// The shortest time between two repairs of one thread.
+    pub repair_interval: Duration,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
 
 /// Starts the task of `thread` and returns its inbox.
-pub(crate) fn spawn(ctx: Arc<ThreadContext>, thread: Arc<str>) -> queue::Sender<ThreadMsg> {
-    let (tx, inbox) = queue::queue(None);
+pub(crate) fn spawn(ctx: Arc<ThreadContext>, thread: Arc<str>) -> inbox::Inbox {
+    let (tx, inbox) = inbox::inbox();
     let task = ThreadTask {
         ctx: ctx.clone(),
         thread,
         inbox,
         cursor: Cursor::default(),
+        counter: 0,
         subscribers: Vec::new(),
     };
     ctx.tasks.spawn(task.run());
@@ -54,9 +62,11 @@ pub(crate) fn spawn(ctx: Arc<ThreadContext>, thread: Arc<str>) -> queue::Sender<
 struct ThreadTask {
     ctx: Arc<ThreadContext>,
     thread: Arc<str>,
-    inbox: queue::Receiver<ThreadMsg>,
+    inbox: InboxReader,
     /// The last seq forwarded (or known to have nothing left to forward).
     cursor: Cursor,
+    /// The thread's counter as last read: a notice up to it is trusted without reading it again.
+    counter: i64,
     subscribers: Vec<(u64, queue::Sender<Event>)>,
 }
 
@@ -66,50 +76,63 @@ impl ThreadTask {
     #[tracing::instrument(name = "thread", parent = None, skip(self), fields(thread = %self.thread))]
     async fn run(mut self) {
         // Changes up to the baseline are the table's business (catch-up); every later one is
-        // forwarded. Notifications queued meanwhile wait in the inbox.
+        // forwarded. Notices offered meanwhile wait, coalesced, in the inbox.
         // Table reads are boxed here and below: a task lives as long as its thread has
         // subscribers (with one subscriber per thread, as long as a stream), and would otherwise
         // keep room for a read's state all that time.
         let (ctx, thread) = (self.ctx.clone(), self.thread.clone());
-        let Some(baseline) = Box::pin(retry(&ctx, || ctx.store.current_seq(&thread))).await else {
+        let baseline = retry(&ctx, || {
+            ctx.metrics.table_read(Read::Baseline);
+            ctx.store.current_seq(&thread)
+        });
+        let Some(baseline) = Box::pin(baseline).await else {
             return;
         };
         self.cursor = Cursor::at(baseline);
+        self.counter = baseline;
         tracing::debug!(baseline, "thread task started");
+        // A repair owed but not yet due, and when the next one may start.
+        let mut owed: Option<Until> = None;
+        let mut next_repair = Instant::now();
         loop {
-            let msg = tokio::select! {
+            let due = owed.map(|_| next_repair);
+            let work = tokio::select! {
                 _ = self.ctx.shutdown.cancelled() => return,
-                msg = self.inbox.recv() => msg,
-            };
-            let Some(msg) = msg else { return };
-            let carry_on = match msg {
-                ThreadMsg::Notice(notice) => self.on_notice(notice).await,
-                ThreadMsg::Subscribe { id, events, joined } => {
-                    if joined.send(self.cursor.last()).is_ok() {
-                        self.subscribers.push((id, events));
-                    }
-                    true
-                }
-                ThreadMsg::Unsubscribe(id) => {
-                    self.subscribers.retain(|(sid, _)| *sid != id);
-                    true
-                }
-                ThreadMsg::Resync => {
-                    let before = self.cursor.last();
-                    let done = Box::pin(self.fill(None)).await;
-                    if self.cursor.last() > before {
-                        self.ctx.metrics.gap_fills.inc();
-                        tracing::info!(
-                            from = before,
-                            to = self.cursor.last(),
-                            "caught up after reconnect"
-                        );
-                    }
-                    done
+                work = self.inbox.next(self.cursor.last()) => work,
+                _ = tokio::time::sleep_until(due.unwrap_or(next_repair)), if due.is_some() => {
+                    inbox::Work::default()
                 }
             };
-            if !carry_on {
-                return;
+            for msg in work.control {
+                match msg {
+                    Control::Subscribe { id, events, joined } => {
+                        if joined.send(self.cursor.last()).is_ok() {
+                            self.subscribers.push((id, events));
+                        }
+                    }
+                    Control::Unsubscribe(id) => self.subscribers.retain(|(sid, _)| *sid != id),
+                }
+            }
+            for event in work.ready {
+                // The inbox queues events that follow on from what it was told the task has; one
+                // the task has since passed on (read with a repair) is skipped, and one past a
+                // hole is left to the repair that the hole makes owed.
+                if event.seq == self.cursor.last() + 1 {
+                    self.cursor.advance(event.seq);
+                    self.forward(event);
+                } else if event.seq > self.cursor.last() {
+                    owed = Some(Until::Seq(event.seq).max(owed));
+                }
+            }
+            if let Some(repair) = work.repair {
+                owed = Some(repair.max(owed));
+            }
+            if let Some(until) = owed.filter(|_| Instant::now() >= next_repair) {
+                owed = None;
+                next_repair = Instant::now() + self.ctx.repair_interval;
+                if !Box::pin(self.repair(until)).await {
+                    return;
+                }
             }
             if self.subscribers.is_empty() && self.ctx.registry.retire(&self.thread, &self.inbox) {
                 tracing::debug!("thread task retired");
@@ -118,57 +141,37 @@ impl ThreadTask {
         }
     }
 
-    /// Forwards one notice, or repairs from the table what it cannot carry. Returns false on
-    /// shutdown.
-    async fn on_notice(&mut self, notice: Notice) -> bool {
-        let last = self.cursor.last();
-        if notice.seq <= last {
-            // Already delivered by a repair or a resync.
-            return true;
-        }
-        let next = notice.seq == last + 1;
-        match notice.body {
-            NoticeBody::Ready(event) if next => {
-                self.cursor.advance(notice.seq);
-                self.forward(event);
-                true
-            }
-            _ => {
-                if next {
-                    self.ctx.metrics.row_fetches.inc();
-                } else {
-                    self.ctx.metrics.gap_fills.inc();
-                    tracing::info!(
-                        last,
-                        seq = notice.seq,
-                        "hole in the sequence; reading the table"
-                    );
-                }
-                // The notice's own row is read with the rest: the table has the row's current
-                // state at its current seq, which keeps every subscriber on one order.
-                Box::pin(self.fill(Some(notice.seq))).await
-            }
-        }
-    }
-
-    /// Forwards every change after the cursor up to `until` (None: up to the end) from the
-    /// table, then counts `until` as forwarded (a seq that is not in the table any more belonged
-    /// to a row since updated to a higher seq, forwarded then). Returns false on shutdown.
-    async fn fill(&mut self, until: Option<i64>) -> bool {
+    /// Forwards every change after the cursor up to `until` from the table, then counts a
+    /// claimed seq as forwarded (a seq that is not in the table any more belonged to a row since
+    /// updated to a higher seq, forwarded then). A claim is trusted only up to the thread's
+    /// counter ([`trust::bound`]). Returns false on shutdown.
+    async fn repair(&mut self, until: Until) -> bool {
         let ctx = self.ctx.clone();
         let thread = self.thread.clone();
+        let before = self.cursor.last();
         let until = match until {
-            Some(claimed) => {
-                let Some(current) = retry(&ctx, || ctx.store.current_seq(&thread)).await else {
-                    return false;
-                };
-                Some(trust::bound(claimed, current))
+            Until::Seq(claimed) => {
+                if claimed > self.counter {
+                    let current = retry(&ctx, || {
+                        ctx.metrics.table_read(Read::Repair);
+                        ctx.store.current_seq(&thread)
+                    });
+                    let Some(current) = current.await else {
+                        return false;
+                    };
+                    self.counter = self.counter.max(current);
+                }
+                Some(trust::bound(claimed, self.counter))
             }
-            None => None,
+            Until::End => None,
         };
-        let mut pages = Pages::new(thread, self.cursor.last(), until, ctx.page_rows);
+        let mut pages = Pages::new(thread, self.cursor.last(), until, ctx.page);
         while !pages.is_done() {
-            let Some(page) = retry(&ctx, || pages.read(&*ctx.store)).await else {
+            let page = retry(&ctx, || {
+                ctx.metrics.table_read(Read::Repair);
+                pages.read(&*ctx.store)
+            });
+            let Some(page) = page.await else {
                 return false;
             };
             tracing::debug!(rows = page.len(), ?until, "read changes from the table");
@@ -181,6 +184,14 @@ impl ThreadTask {
         }
         if let Some(until) = until {
             self.cursor.skip_to(until);
+        }
+        if until.is_none() && self.cursor.last() > before {
+            ctx.metrics.gap_fills.inc();
+            tracing::info!(
+                from = before,
+                to = self.cursor.last(),
+                "caught up from the table"
+            );
         }
         true
     }

@@ -43,19 +43,34 @@ pub(crate) enum Verdict {
 
 /// The rule for one served source.
 pub(crate) struct Trust {
+    rule: RwLock<Rule>,
+    keys: RwLock<KeyRing>,
+    warnings: DefaultDirectRateLimiter,
+}
+
+/// What the source's registration says about its notifications.
+struct Rule {
     src: u32,
     channel: String,
     keys_only: bool,
-    keys: RwLock<KeyRing>,
-    warnings: DefaultDirectRateLimiter,
+    batched: bool,
+}
+
+impl Rule {
+    fn of(source: &Source) -> Rule {
+        Rule {
+            src: source.oid,
+            channel: source.channel.clone(),
+            keys_only: source.keys_only,
+            batched: source.batched,
+        }
+    }
 }
 
 impl Trust {
     pub fn new(source: &Source) -> Self {
         Trust {
-            src: source.oid,
-            channel: source.channel.clone(),
-            keys_only: source.keys_only,
+            rule: RwLock::new(Rule::of(source)),
             keys: RwLock::new(KeyRing::default()),
             warnings: RateLimiter::direct(
                 Quota::with_period(WARN_EVERY)
@@ -70,9 +85,21 @@ impl Trust {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
     }
 
+    /// Follows the source's registration when it changes (`threadcast.enable` run again with
+    /// another channel, payload or delivery mode).
+    pub fn set_source(&self, source: &Source) {
+        *self.rule.write().unwrap_or_else(|e| e.into_inner()) = Rule::of(source);
+    }
+
     /// Whether notifications on `channel` are ours to judge at all.
     pub fn listens_on(&self, channel: &str) -> bool {
-        channel == self.channel
+        channel == self.rule.read().unwrap_or_else(|e| e.into_inner()).channel
+    }
+
+    /// Whether the source is announced by a batch worker, which may lose a tail of changes
+    /// (`loss.rs` then sweeps the live threads' counters).
+    pub fn batched(&self) -> bool {
+        self.rule.read().unwrap_or_else(|e| e.into_inner()).batched
     }
 
     /// Judges a resync notice (batched delivery): trusted only when signed by a key of
@@ -84,7 +111,8 @@ impl Trust {
 
     /// Judges a notification on `channel` carrying `text`.
     pub fn admit(&self, channel: &str, text: &str) -> Verdict {
-        if channel != self.channel {
+        let rule = self.rule.read().unwrap_or_else(|e| e.into_inner());
+        if channel != rule.channel {
             return Verdict::Ignore;
         }
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
@@ -94,13 +122,13 @@ impl Trust {
         };
         // The channel may be shared with other sources; only ours is served. The oid is signed,
         // and unlike a name it survives a rename.
-        if payload.src != Some(self.src) {
+        if payload.src != Some(rule.src) {
             tracing::trace!(table = %payload.table, "notification for another table");
             return Verdict::Ignore;
         }
         let body = match (payload.op, payload.row) {
             (Op::Reset, _) => NoticeBody::Ready(Event::reset(payload.seq)),
-            _ if self.keys_only || payload.needs_fetch() => NoticeBody::Fetch,
+            _ if rule.keys_only || payload.needs_fetch() => NoticeBody::Fetch,
             (Op::Delete, _) => NoticeBody::Ready(Event::delete(payload.seq, &payload.id)),
             (_, Some(row)) => NoticeBody::Ready(Event::reply(payload.seq, row.get())),
             (_, None) => NoticeBody::Fetch,
@@ -116,7 +144,8 @@ impl Trust {
     /// for asking that thread to read the table, which trusts nothing else from it.
     pub fn unverified_thread(&self, channel: &str, text: &str) -> Option<String> {
         let payload = Payload::decode(text).ok()?;
-        (channel == self.channel && payload.src == Some(self.src))
+        let rule = self.rule.read().unwrap_or_else(|e| e.into_inner());
+        (channel == rule.channel && payload.src == Some(rule.src))
             .then(|| payload.thread.into_owned())
     }
 

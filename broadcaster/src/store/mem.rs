@@ -8,6 +8,7 @@
 //! integration tests, not only the unit tests, can use it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
@@ -17,7 +18,10 @@ use threadcast_payload::{Key, KeyRing, Omitted, Op, Payload, FORMAT_VERSION, KEY
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Change, ChangeBody, DemoThread, InsertError, NewReply, Store, StoreError, Stored};
+use super::{
+    within_bytes, Change, ChangeBody, DemoThread, InsertError, NewReply, PageSize, Store,
+    StoreError, Stored,
+};
 use crate::source::Source;
 
 /// A reply table and its threads, in memory.
@@ -26,6 +30,36 @@ pub struct MemStore {
     state: Mutex<State>,
     /// Where each change's notification goes, when someone listens.
     notify: Option<mpsc::UnboundedSender<String>>,
+    reads: Reads,
+    /// The keys of `threadcast.keys`; the last one signs.
+    keys: Mutex<Vec<Key>>,
+}
+
+/// How many reads of each kind a [`MemStore`] has answered (or refused while down): what tests
+/// count to check that delivery reads the table only when it must.
+#[derive(Debug, Default)]
+pub struct Reads {
+    pub current_seq: AtomicU64,
+    pub changes: AtomicU64,
+    pub latest: AtomicU64,
+    /// The most bytes of data one read of changes or replies returned.
+    pub largest_page: AtomicU64,
+}
+
+impl Reads {
+    fn page(&self, changes: &[Change]) {
+        let bytes = changes.iter().map(Change::size).sum::<usize>() as u64;
+        self.largest_page.fetch_max(bytes, Ordering::Relaxed);
+    }
+
+    /// (current_seq, changes, latest) so far.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.current_seq.load(Ordering::Relaxed),
+            self.changes.load(Ordering::Relaxed),
+            self.latest.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -78,6 +112,8 @@ impl MemStore {
             source,
             state: Mutex::new(State::default()),
             notify: None,
+            reads: Reads::default(),
+            keys: Mutex::new(vec![MemStore::KEY]),
         }
     }
 
@@ -106,6 +142,28 @@ impl MemStore {
     fn state(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the state whole; a panic in a test does not change that.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes a new signing key current, as `threadcast.rotate_key()` does; older keys still
+    /// verify. Returns its id.
+    pub fn rotate_key(&self) -> u32 {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        let id = keys.last().map_or(1, |k| k.id + 1);
+        keys.push(Key {
+            id,
+            secret: [id as u8; KEY_BYTES],
+        });
+        id
+    }
+
+    fn signing_key(&self) -> Key {
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.last().cloned().unwrap_or(MemStore::KEY)
+    }
+
+    /// The reads answered so far, by kind.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// Makes every read fail (true) or work again (false), as a database outage would.
@@ -182,7 +240,7 @@ impl MemStore {
         };
         self.send(
             payload
-                .sign(&MemStore::KEY)
+                .sign(&self.signing_key())
                 .expect("a delete's payload fits"),
         )
     }
@@ -220,7 +278,7 @@ impl MemStore {
         };
         self.send(
             payload
-                .sign(&MemStore::KEY)
+                .sign(&self.signing_key())
                 .expect("a row-less payload fits"),
         )
         .expect("sent")
@@ -270,6 +328,7 @@ fn change(thread: &str, seq: i64, entry: &Entry) -> Change {
 
 impl Store for MemStore {
     fn current_seq<'a>(&'a self, thread: &'a str) -> BoxFuture<'a, Result<i64, StoreError>> {
+        self.reads.current_seq.fetch_add(1, Ordering::Relaxed);
         let seq = self.read(|state| state.threads.get(thread).map_or(0, |log| log.counter));
         async move { seq }.boxed()
     }
@@ -281,7 +340,22 @@ impl Store for MemStore {
         until: Option<i64>,
         limit: i32,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
-        let page = self.read(|state| {
+        let page = PageSize {
+            rows: limit,
+            bytes: usize::MAX,
+        };
+        self.changes_page(thread, after, until, page)
+    }
+
+    fn changes_page<'a>(
+        &'a self,
+        thread: &'a str,
+        after: i64,
+        until: Option<i64>,
+        page: PageSize,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        self.reads.changes.fetch_add(1, Ordering::Relaxed);
+        let changes = self.read(|state| {
             let Some(log) = state.threads.get(thread) else {
                 return Vec::new();
             };
@@ -289,13 +363,18 @@ impl Store for MemStore {
             if until <= after {
                 return Vec::new();
             }
-            log.changes
+            // As PostgreSQL does: stop reading at the bound, rather than read and cut.
+            let rows = log
+                .changes
                 .range(after + 1..=until)
-                .take(limit.max(0) as usize)
-                .map(|(seq, entry)| change(thread, *seq, entry))
-                .collect()
+                .take(page.rows.max(0) as usize)
+                .map(|(seq, entry)| change(thread, *seq, entry));
+            within_bytes(rows, page.bytes).collect::<Vec<_>>()
         });
-        async move { page }.boxed()
+        if let Ok(changes) = &changes {
+            self.reads.page(changes);
+        }
+        async move { changes }.boxed()
     }
 
     fn latest<'a>(
@@ -303,21 +382,34 @@ impl Store for MemStore {
         thread: &'a str,
         n: i32,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        self.latest_within(thread, n, usize::MAX)
+    }
+
+    fn latest_within<'a>(
+        &'a self,
+        thread: &'a str,
+        n: i32,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        self.reads.latest.fetch_add(1, Ordering::Relaxed);
         let rows = self.read(|state| {
             let Some(log) = state.threads.get(thread) else {
                 return Vec::new();
             };
-            let mut rows: Vec<Change> = log
+            let newest_first = log
                 .changes
                 .iter()
                 .rev()
                 .filter(|(_, entry)| matches!(entry, Entry::Row(_)))
                 .take(n.max(0) as usize)
-                .map(|(seq, entry)| change(thread, *seq, entry))
-                .collect();
+                .map(|(seq, entry)| change(thread, *seq, entry));
+            let mut rows: Vec<Change> = within_bytes(newest_first, max_bytes).collect();
             rows.reverse();
             rows
         });
+        if let Ok(rows) = &rows {
+            self.reads.page(rows);
+        }
         async move { rows }.boxed()
     }
 
@@ -372,7 +464,8 @@ impl Store for MemStore {
     }
 
     fn keys(&self) -> BoxFuture<'_, Result<KeyRing, StoreError>> {
-        let keys = self.read(|_| KeyRing::new([MemStore::KEY]));
+        let keys = self
+            .read(|_| KeyRing::new(self.keys.lock().unwrap_or_else(|e| e.into_inner()).clone()));
         async move { keys }.boxed()
     }
 

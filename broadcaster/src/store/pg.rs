@@ -9,6 +9,8 @@
 //! conflict is found, so a skipped row would leave a hole in the thread's sequence, where a failed
 //! INSERT rolls its number back with it.
 
+use std::sync::{Arc, RwLock};
+
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -16,7 +18,10 @@ use threadcast_payload::{ChangeKind, Key, KeyRing};
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use super::{Change, ChangeBody, DemoThread, InsertError, NewReply, Store, StoreError, Stored};
+use super::{
+    Change, ChangeBody, DemoProject, DemoThread, InsertError, NewReply, PageSize, Store,
+    StoreError, Stored,
+};
 use crate::error::chain;
 use crate::source::Source;
 
@@ -27,38 +32,84 @@ const LATEST_SQL: &str =
 const CURRENT_SEQ_SQL: &str = "SELECT threadcast.current_seq($1::oid::regclass, $2::text)";
 const CURRENT_SEQS_SQL: &str = "SELECT c.thread, c.last_seq FROM threadcast.counters c \
      WHERE c.source = $1::oid::regclass AND c.thread = ANY($2::text[])";
+/// `CHANGES_SQL` stopping after the change that brings the page to `$6` bytes of data, so that
+/// no more than that (and one change) crosses the wire and sits in memory.
+const CHANGES_PAGE_SQL: &str = "SELECT seq, kind, id, row_text FROM (\
+       SELECT seq, kind, id, row_text, \
+              pg_catalog.sum(size) OVER (ORDER BY seq) - size AS before \
+         FROM (SELECT seq, kind, id, \"row\"::text AS row_text, \
+                      COALESCE(pg_catalog.octet_length(\"row\"::text), pg_catalog.octet_length(id), 0) AS size \
+                 FROM threadcast.changes($1::oid::regclass, $2::text, $3::int8, $4::int8, $5::int4)) c\
+     ) p WHERE before < $6::int8 ORDER BY seq";
+/// `LATEST_SQL` keeping the newest replies that hold `$4` bytes of data (and one more).
+const LATEST_WITHIN_SQL: &str = "SELECT seq, kind, id, row_text FROM (\
+       SELECT seq, kind, id, row_text, \
+              pg_catalog.sum(size) OVER (ORDER BY seq DESC) - size AS after \
+         FROM (SELECT seq, kind, id, \"row\"::text AS row_text, \
+                      COALESCE(pg_catalog.octet_length(\"row\"::text), 0) AS size \
+                 FROM threadcast.latest($1::oid::regclass, $2::text, $3::int4)) c\
+     ) p WHERE after < $4::int8 ORDER BY seq";
 
 /// The served table in PostgreSQL.
 pub struct PgStore {
     pool: Pool,
-    source: Source,
-    insert_sql: String,
-    select_sql: String,
-    demo_fallback_sql: String,
+    /// The table's oid (it never changes: a renamed table is the same source).
+    oid: u32,
+    /// The statements that name the table and its columns, remade when the registration changes
+    /// (a rename, another thread or key column). Held only to clone a statement's text.
+    statements: RwLock<Arc<Statements>>,
+}
+
+/// The SQL that names the served table, quoted by PostgreSQL when the registration was read.
+struct Statements {
+    insert: String,
+    select: String,
+    demo_fallback: String,
+}
+
+impl Statements {
+    fn of(source: &Source) -> Statements {
+        let (table, id, thread) = (&source.name, &source.id_column, &source.thread_column);
+        Statements {
+            // `$2::uuid` stores into a uuid or a text thread column alike.
+            insert: format!(
+                "INSERT INTO {table} AS t ({id}, {thread}, author_type, author_name, content) \
+                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text) \
+                 RETURNING pg_catalog.row_to_json(t)::text"
+            ),
+            select: format!(
+                "SELECT pg_catalog.row_to_json(t)::text, t.{thread}::text, t.author_type::text, \
+                        t.author_name::text, t.content::text \
+                   FROM {table} t WHERE t.{id} = $1::uuid"
+            ),
+            demo_fallback: format!(
+                "SELECT {thread}::text, NULL::text FROM {table} ORDER BY {thread} LIMIT 1"
+            ),
+        }
+    }
 }
 
 impl PgStore {
     /// The store of `source` over `pool`.
     pub fn new(pool: Pool, source: Source) -> Self {
-        let (table, id, thread) = (&source.name, &source.id_column, &source.thread_column);
         PgStore {
-            // `$2::uuid` stores into a uuid or a text thread column alike.
-            insert_sql: format!(
-                "INSERT INTO {table} AS t ({id}, {thread}, author_type, author_name, content) \
-                 VALUES ($1::uuid, $2::uuid, $3::text, $4::text, $5::text) \
-                 RETURNING pg_catalog.row_to_json(t)::text"
-            ),
-            select_sql: format!(
-                "SELECT pg_catalog.row_to_json(t)::text, t.{thread}::text, t.author_type::text, \
-                        t.author_name::text, t.content::text \
-                   FROM {table} t WHERE t.{id} = $1::uuid"
-            ),
-            demo_fallback_sql: format!(
-                "SELECT {thread}::text, NULL::text FROM {table} ORDER BY {thread} LIMIT 1"
-            ),
             pool,
-            source,
+            oid: source.oid,
+            statements: RwLock::new(Arc::new(Statements::of(&source))),
         }
+    }
+
+    /// Follows a changed registration of the same table (renamed, or other columns).
+    pub fn set_source(&self, source: &Source) {
+        *self.statements.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Statements::of(source));
+    }
+
+    fn statements(&self) -> Arc<Statements> {
+        self.statements
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -84,7 +135,7 @@ impl PgStore {
             InsertError::Unavailable
         })?;
         let statement = client
-            .prepare_cached(&self.insert_sql)
+            .prepare_cached(&self.statements().insert)
             .await
             .map_err(insert_error)?;
         let inserted = client
@@ -107,7 +158,7 @@ impl PgStore {
         // Another request stored this id first (perhaps this very request, retried after its
         // answer was lost); its INSERT has committed, or ours would still be waiting on the key.
         let statement = client
-            .prepare_cached(&self.select_sql)
+            .prepare_cached(&self.statements().select)
             .await
             .map_err(insert_error)?;
         let Some(row) = client
@@ -169,7 +220,7 @@ impl PgStore {
                     || e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
             {
                 client
-                    .query_opt(&self.demo_fallback_sql, &[])
+                    .query_opt(&self.statements().demo_fallback, &[])
                     .await
                     .map_err(query_error)?
             }
@@ -185,9 +236,7 @@ impl PgStore {
 impl Store for PgStore {
     fn current_seq<'a>(&'a self, thread: &'a str) -> BoxFuture<'a, Result<i64, StoreError>> {
         async move {
-            let rows = self
-                .query(CURRENT_SEQ_SQL, &[&self.source.oid, &thread])
-                .await?;
+            let rows = self.query(CURRENT_SEQ_SQL, &[&self.oid, &thread]).await?;
             Ok(rows.first().map_or(0, |row| row.get(0)))
         }
         .boxed()
@@ -199,9 +248,7 @@ impl Store for PgStore {
     ) -> BoxFuture<'a, Result<super::Counters, StoreError>> {
         async move {
             let keys: Vec<&str> = threads.iter().map(|t| &**t).collect();
-            let rows = self
-                .query(CURRENT_SEQS_SQL, &[&self.source.oid, &keys])
-                .await?;
+            let rows = self.query(CURRENT_SEQS_SQL, &[&self.oid, &keys]).await?;
             let by_key: std::collections::HashMap<&str, &std::sync::Arc<str>> =
                 threads.iter().map(|t| (&**t, t)).collect();
             Ok(rows
@@ -224,9 +271,26 @@ impl Store for PgStore {
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
         async move {
             let rows = self
+                .query(CHANGES_SQL, &[&self.oid, &thread, &after, &until, &limit])
+                .await?;
+            Ok(rows.iter().filter_map(change).collect())
+        }
+        .boxed()
+    }
+
+    fn changes_page<'a>(
+        &'a self,
+        thread: &'a str,
+        after: i64,
+        until: Option<i64>,
+        page: PageSize,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        async move {
+            let bytes = i64::try_from(page.bytes).unwrap_or(i64::MAX);
+            let rows = self
                 .query(
-                    CHANGES_SQL,
-                    &[&self.source.oid, &thread, &after, &until, &limit],
+                    CHANGES_PAGE_SQL,
+                    &[&self.oid, &thread, &after, &until, &page.rows, &bytes],
                 )
                 .await?;
             Ok(rows.iter().filter_map(change).collect())
@@ -240,8 +304,22 @@ impl Store for PgStore {
         n: i32,
     ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
         async move {
+            let rows = self.query(LATEST_SQL, &[&self.oid, &thread, &n]).await?;
+            Ok(rows.iter().filter_map(change).collect())
+        }
+        .boxed()
+    }
+
+    fn latest_within<'a>(
+        &'a self,
+        thread: &'a str,
+        n: i32,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Vec<Change>, StoreError>> {
+        async move {
+            let bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
             let rows = self
-                .query(LATEST_SQL, &[&self.source.oid, &thread, &n])
+                .query(LATEST_WITHIN_SQL, &[&self.oid, &thread, &n, &bytes])
                 .await?;
             Ok(rows.iter().filter_map(change).collect())
         }
@@ -261,6 +339,34 @@ impl Store for PgStore {
 
     fn keys(&self) -> BoxFuture<'_, Result<KeyRing, StoreError>> {
         self.read_keys().boxed()
+    }
+
+    fn demo_project(&self, limit: i64) -> BoxFuture<'_, Result<Option<DemoProject>, StoreError>> {
+        async move {
+            let client = self.client().await?;
+            // `public.feedback` as sql/schema.sql makes it; demo mode reads its titles.
+            let rows = client
+                .query(
+                    "WITH top AS (SELECT project_id FROM public.feedback WHERE project_id IS NOT NULL
+                                   GROUP BY project_id ORDER BY count(*) DESC, project_id LIMIT 1)
+                     SELECT f.project_id::text, f.id::text, f.title FROM public.feedback f
+                       JOIN top USING (project_id) ORDER BY f.created_at, f.id LIMIT $1",
+                    &[&limit],
+                )
+                .await
+                .map_err(query_error)?;
+            Ok(rows.first().map(|first| DemoProject {
+                id: first.get(0),
+                threads: rows
+                    .iter()
+                    .map(|r| DemoThread {
+                        id: r.get(1),
+                        title: r.get(2),
+                    })
+                    .collect(),
+            }))
+        }
+        .boxed()
     }
 }
 

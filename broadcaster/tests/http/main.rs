@@ -3,7 +3,9 @@
 //! whole binary runs in well under a second. (Delivery over real PostgreSQL, sockets and browsers
 //! is the `threadcast-tests` crate's.)
 
+mod caps;
 mod cors;
+mod dashboard;
 mod demo;
 mod ops;
 mod replies;

@@ -142,7 +142,7 @@ fn raw(text: &str) -> Value {
 cases! {
     no_token_is_401: |c| (Some(String::new()), String::new(), fresh()) => UNAUTHORIZED;
     an_expired_token_is_401: |c| (Some(Keys::new(SECRET).sign(&Claims {
-        feedback_id: c.thread, exp: now() - 3600, role: Role::EndUser })), String::new(), fresh()) => UNAUTHORIZED;
+        feedback_id: c.thread, exp: now() - 3600, ..Claims::default() })), String::new(), fresh()) => UNAUTHORIZED;
     a_badly_signed_token_is_401: |c| (Some(Keys::new(b"another secret").mint(c.thread, Duration::from_secs(60), Role::EndUser)),
         String::new(), fresh()) => UNAUTHORIZED;
     another_thread_in_the_query_is_403: |c| (None, format!("?feedbackId={}", c.other), fresh()) => FORBIDDEN;

@@ -171,7 +171,9 @@ cases! {
     a_malformed_token_is_401: ok_query(), Via::Bearer("not.a.jwt".into()), None => UNAUTHORIZED;
     a_garbage_token_is_401: ok_query(), Via::Bearer("garbage".into()), None => UNAUTHORIZED;
     an_expired_token_is_401: ok_query(), Via::Bearer(Keys::new(SECRET).sign(&Claims {
-        feedback_id: THREAD, exp: now() - 3600, role: Role::EndUser })), None => UNAUTHORIZED;
+        feedback_id: THREAD, exp: now() - 3600, ..Claims::default() })), None => UNAUTHORIZED;
+    a_token_not_valid_yet_is_401: ok_query(), Via::Bearer(Keys::new(SECRET).sign(&Claims {
+        feedback_id: THREAD, exp: now() + 7200, nbf: Some(now() + 3600), ..Claims::default() })), None => UNAUTHORIZED;
     a_token_signed_with_another_secret_is_401:
         ok_query(), Via::Bearer(Keys::new(b"another secret").mint(THREAD, Duration::from_secs(3600), Role::EndUser)), None => UNAUTHORIZED;
     tampered_claims_are_401: ok_query(), Via::Bearer(tampered()), None => UNAUTHORIZED;

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use futures::StreamExt;
 use threadcast_broadcaster::auth::{Keys, Role};
+use threadcast_broadcaster::dashboard::MemProjects;
 use threadcast_broadcaster::store::MemStore;
 use threadcast_broadcaster::{app, AppState, Config};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,8 @@ pub struct Api {
     pub router: Router,
     pub state: AppState,
     pub store: Arc<MemStore>,
+    /// Which project each thread belongs to, for dashboard tokens scoped to projects.
+    pub projects: Arc<MemProjects>,
     pub keys: Keys,
     shutdown: CancellationToken,
 }
@@ -42,13 +45,15 @@ impl Api {
         let (store, mut notifications) = MemStore::with_notifications(source.clone());
         let store = Arc::new(store);
         let shutdown = CancellationToken::new();
+        let projects = Arc::new(MemProjects::default());
         let state = AppState::new(
             config,
             store.clone(),
             Arc::new(source.clone()),
             shutdown.clone(),
             TaskTracker::new(),
-        );
+        )
+        .with_projects(projects.clone());
         let delivery = state.delivery.clone();
         tokio::spawn(async move {
             while let Some(payload) = notifications.recv().await {
@@ -60,6 +65,7 @@ impl Api {
             router: app(state.clone()),
             state,
             store,
+            projects,
             keys: Keys::new(SECRET),
             shutdown,
         }
@@ -119,6 +125,19 @@ impl Frames {
             body: response.into_body().into_data_stream(),
             seen: String::new(),
         }
+    }
+
+    /// Reads until the stream ends; returns everything seen. Panics after 10 s.
+    pub async fn end(&mut self) -> &str {
+        let read = async {
+            while let Some(Ok(bytes)) = self.body.next().await {
+                self.seen.push_str(std::str::from_utf8(&bytes).unwrap());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap_or_else(|_| panic!("the stream did not end within 10 s: {:?}", self.seen));
+        &self.seen
     }
 
     /// Reads until the text seen so far contains `until`; returns all of it.

@@ -27,11 +27,28 @@ async fn open(api: &Api, thread: Uuid, extra: &str, headers: &[(&str, &str)]) ->
 }
 
 #[tokio::test]
-async fn a_stream_starts_with_its_retry_field() {
+async fn a_stream_starts_with_its_retry_field_and_a_live_one_with_its_position() {
     let api = Api::new();
     let thread = api.store.create_thread("t");
-    let mut frames = open(&api, thread, "", &[]).await;
-    assert_eq!(frames.until("\n\n").await, "retry: 2000\n\n");
+    for i in 0..3 {
+        let (_, payload) = api.store.insert(thread, &format!("before {i}"));
+        api.state.delivery.notify("threadcast", &payload).await;
+    }
+    let mut live = open(&api, thread, "", &[]).await;
+    assert_eq!(
+        live.until("\n\n").await,
+        "retry: 2000\nid: 3\nevent: joined\ndata: {}\n\n",
+        "a live stream that drops before its first event resumes after 3, as EventSource \
+         sends the id back"
+    );
+    for (extra, headers) in [("&history=2", vec![]), ("", vec![("last-event-id", "1")])] {
+        let mut frames = open(&api, thread, extra, &headers).await;
+        assert_eq!(
+            frames.until("\n\n").await,
+            "retry: 2000\n\n",
+            "{extra} {headers:?}: the client's position comes with its events"
+        );
+    }
 }
 
 #[tokio::test]
@@ -77,7 +94,7 @@ async fn a_silent_stream_gets_heartbeat_comments() {
     let mut frames = open(&api, thread, "", &[]).await;
     let text = frames.until(": keep-alive\n\n: keep-alive\n\n").await;
     assert!(
-        text.starts_with("retry: 2000\n\n: keep-alive\n\n"),
+        text.starts_with("retry: 2000\nid: 0\nevent: joined\ndata: {}\n\n: keep-alive\n\n"),
         "{text:?}"
     );
 }
@@ -145,4 +162,16 @@ async fn a_posted_reply_is_answered_with_its_row_and_reaches_the_stream_once() {
     api.state.delivery.notify("threadcast", &payload).await;
     let text = frames.until("next").await;
     assert_eq!(text.matches("Hello!").count(), 1, "once: {text:?}");
+}
+
+#[tokio::test]
+async fn a_stream_ends_at_its_maximum_age_asking_to_be_resumed_at_once() {
+    let api = Api::with(|c| c.max_stream_age = Some(Duration::from_millis(200)));
+    let thread = api.store.create_thread("t");
+    let mut frames = open(&api, thread, "", &[]).await;
+    let text = frames.end().await;
+    assert!(
+        text.starts_with("retry: 2000\n") && text.ends_with("retry: 250\n\n"),
+        "{text:?}"
+    );
 }

@@ -21,7 +21,9 @@ pub mod sign;
 use std::borrow::Cow;
 
 pub use batch::{BatchWriter, Notification, Resync, ResyncReason};
-pub use names::{ChangeKind, DeliveryMode, PayloadMode, UnknownPayloadMode, APPLICATION_NAME};
+pub use names::{
+    ChangeKind, DeliveryMode, PayloadMode, UnknownPayloadMode, APPLICATION_NAME, JOINED_EVENT,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -89,6 +89,11 @@ impl fmt::Display for DeliveryMode {
         f.write_str(self.as_str())
     }
 }
+/// The SSE event a stream that starts live sends first, with the seq it joined its thread at as
+/// its `id:` (and `{}` as data): EventSource keeps that id, so a stream that drops before its
+/// first change resumes with `Last-Event-ID` from its join point. Listeners of the change kinds
+/// never see it.
+pub const JOINED_EVENT: &str = "joined";
 
 /// The kind of a change as a resuming reader sees it: `threadcast.changes(...)` returns it in its
 /// `kind` column, and the broadcaster sends it as the SSE `event:` name.

@@ -1,6 +1,9 @@
 //! The Server-Sent Events wire format as the HTML standard defines it, parsed incrementally:
 //! feed bytes as they arrive, take [`SseItem`]s. The tests' HTTP client and the load generator's
-//! raw streams both read with it.
+//! raw streams both read with it. A stream's `joined` event (where a live start joined its
+//! thread) is an item of its own, not one of the thread's changes.
+
+use threadcast_payload::JOINED_EVENT;
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +45,10 @@ pub enum SseItem {
     Comment(String),
     /// A `retry:` field.
     Retry(u64),
+    /// A widget stream's `joined` event: where a stream that started live joined its thread (its
+    /// `id:`). A dashboard stream's `joined` events (one per thread, no `id:`, the thread and seq
+    /// in their data) are plain events.
+    Joined(String),
 }
 
 /// Incremental parser: feed bytes, take items.
@@ -49,8 +56,13 @@ pub enum SseItem {
 pub struct SseParser {
     buffer: Vec<u8>,
     id: Option<String>,
+    /// The last event ID string: the id in force at the last blank line, whether or not that
+    /// block carried data (an `id:` alone moves it without an event).
+    last_event_id: Option<String>,
     event: Option<String>,
     data: Option<String>,
+    /// Whether the block being read has an `id:` line.
+    block_has_id: bool,
 }
 
 impl SseParser {
@@ -75,16 +87,29 @@ impl SseParser {
         items
     }
 
+    /// What EventSource would send as `Last-Event-ID` if the stream ended now: the id in force at
+    /// the last blank line (the HTML standard's "last event ID string"), event or not.
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.last_event_id.as_deref().filter(|id| !id.is_empty())
+    }
+
     fn line(&mut self, line: &str, items: &mut Vec<SseItem>) {
         if line.is_empty() {
+            self.last_event_id.clone_from(&self.id);
             if let Some(data) = self.data.take() {
-                items.push(SseItem::Event(SseEvent {
-                    id: self.id.clone(),
-                    event: self.event.take().unwrap_or_else(|| "message".to_owned()),
-                    data,
-                }));
+                let event = self.event.take().unwrap_or_else(|| "message".to_owned());
+                items.push(if event == JOINED_EVENT && self.block_has_id {
+                    SseItem::Joined(self.id.clone().unwrap_or_default())
+                } else {
+                    SseItem::Event(SseEvent {
+                        id: self.id.clone(),
+                        event,
+                        data,
+                    })
+                });
             }
             self.event = None;
+            self.block_has_id = false;
             return;
         }
         if let Some(comment) = line.strip_prefix(':') {
@@ -94,7 +119,10 @@ impl SseParser {
         let (field, value) = line.split_once(':').unwrap_or((line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
-            "id" => self.id = Some(value.to_owned()),
+            "id" => {
+                self.id = Some(value.to_owned());
+                self.block_has_id = true;
+            }
             "event" => self.event = Some(value.to_owned()),
             "data" => match &mut self.data {
                 Some(data) => {
@@ -139,6 +167,41 @@ mod tests {
                 SseItem::Comment("heartbeat".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_dashboard_joined_event_without_an_id_is_a_plain_event() {
+        let mut parser = SseParser::default();
+        let items = parser.feed(b"event: joined\ndata: {\"seq\":1,\"thread\":\"t\"}\n\n");
+        assert!(
+            matches!(&items[..], [SseItem::Event(e)] if e.event == "joined"),
+            "{items:?}"
+        );
+    }
+
+    #[test]
+    fn a_joined_event_is_no_change_but_gives_the_last_event_id() {
+        let mut parser = SseParser::default();
+        assert_eq!(
+            parser.feed(b"retry: 2000\nid: 4\nevent: joined\ndata: {}\n\n"),
+            vec![SseItem::Retry(2000), SseItem::Joined("4".into())]
+        );
+        assert_eq!(parser.last_event_id(), Some("4"));
+    }
+
+    #[test]
+    fn an_id_without_data_is_no_event_but_becomes_the_last_event_id() {
+        let mut parser = SseParser::default();
+        assert_eq!(parser.last_event_id(), None);
+        assert_eq!(
+            parser.feed(b"retry: 2000\nid: 7\n"),
+            vec![SseItem::Retry(2000)]
+        );
+        assert_eq!(parser.last_event_id(), None, "not before the blank line");
+        assert_eq!(parser.feed(b"\n"), vec![]);
+        assert_eq!(parser.last_event_id(), Some("7"));
+        parser.feed(b"id: 8\nevent: reply\ndata: {}\n\n");
+        assert_eq!(parser.last_event_id(), Some("8"));
     }
 
     #[test]

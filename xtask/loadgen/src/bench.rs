@@ -208,7 +208,7 @@ async fn concurrent_commits(
 
 /// The broadcaster's RSS, the median of three samples a second apart (so that one sample taken
 /// mid-burst does not decide).
-async fn steady_rss(pid: u32) -> Result<u64> {
+pub(crate) async fn steady_rss(pid: u32) -> Result<u64> {
     let mut samples = Vec::new();
     for i in 0..3 {
         if i > 0 {

@@ -222,7 +222,7 @@ async fn read_stream(
         let at = Instant::now();
         for item in &items {
             match *item {
-                Item::Retry if !joined => {
+                Item::Retry(_) if !joined => {
                     joined = true;
                     permit = None;
                     counts.joined.fetch_add(1, Ordering::Relaxed);

@@ -266,7 +266,7 @@ async fn hold_stream(s: Stream) -> Received {
             let at = now_ns();
             for item in &items {
                 match *item {
-                    Item::Retry if !joined => {
+                    Item::Retry(_) if !joined => {
                         joined = true;
                         permit = None;
                         s.counts.live.fetch_add(1, Ordering::Relaxed);

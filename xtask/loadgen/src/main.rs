@@ -4,12 +4,15 @@
 //! /proc, and prints its findings as one JSON object on stdout (progress goes to stderr).
 
 mod bench;
+mod dashboard;
 mod fleet;
+mod flood;
 mod hold;
 mod procfs;
 mod soak;
 mod sse_client;
 mod stats;
+mod storm;
 mod writer;
 
 use std::net::SocketAddr;
@@ -80,6 +83,49 @@ enum Phase {
         #[arg(long, default_value_t = 5)]
         step_secs: u64,
     },
+    /// Dashboard streams: one following many threads (latency, RSS per connection), and many
+    /// dashboards with writers over all their threads (latency, CPU per event).
+    Dashboard {
+        /// Threads one connection follows.
+        #[arg(long, default_value_t = 1000)]
+        threads: u32,
+        #[arg(long, default_value_t = 100)]
+        dashboards: u32,
+        #[arg(long, default_value_t = 100)]
+        per_dashboard: u32,
+        /// Inserts per second over all the dashboards' threads.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Opens streams (the open rate), prints READY, and measures how they come back once
+    /// `xtask` has restarted the broadcaster: resumed exactly, and how soon.
+    Restart {
+        #[arg(long, default_value_t = 19_800)]
+        streams: usize,
+        #[arg(long, default_value_t = 1)]
+        per_thread: usize,
+        /// Threads that get a reply while the broadcaster is down.
+        #[arg(long, default_value_t = 1000)]
+        writes_while_down: usize,
+    },
+    /// A connect-only role floods the channel (forged and replayed notifications) while real
+    /// replies flow: their latency, the broadcaster's RSS and CPU, exactly-once.
+    Flood {
+        #[arg(long, default_value_t = 1_000_000)]
+        notifications: u64,
+        #[arg(long, default_value_t = 10)]
+        threads: u32,
+        #[arg(long, default_value_t = 10)]
+        per_thread: u32,
+        /// Real replies per second, without and with the flood.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Seconds of replies without the flood first, for comparison.
+        #[arg(long, default_value_t = 10)]
+        baseline_secs: u64,
+    },
     /// Streams, writers, disconnects and LISTEN kills for a while; then exactly-once checks.
     Soak(threadcast_harness::SoakArgs),
     /// Holds streams over several replicas until told to report (multi-replica benchmark).
@@ -139,6 +185,47 @@ async fn main() -> Result<()> {
                 Duration::from_secs(step_secs),
             )
             .await?
+        }
+        Phase::Dashboard {
+            threads,
+            dashboards,
+            per_dashboard,
+            rate,
+            seconds,
+        } => {
+            dashboard::run(
+                target,
+                db,
+                cli.jwt_secret.as_bytes(),
+                cli.pid,
+                threads,
+                dashboards,
+                per_dashboard,
+                rate,
+                seconds,
+            )
+            .await?
+        }
+        Phase::Restart {
+            streams,
+            per_thread,
+            writes_while_down,
+        } => storm::restart(target, db, streams, per_thread, writes_while_down).await?,
+        Phase::Flood {
+            notifications,
+            threads,
+            per_thread,
+            rate,
+            baseline_secs,
+        } => {
+            let run = flood::Flood {
+                notifications,
+                threads,
+                per_thread,
+                rate,
+                baseline_secs,
+            };
+            flood::flood(target, db, cli.pid, run).await?
         }
         Phase::Soak(args) => soak::run(target, db, cli.pid, args).await?,
         Phase::Hold(args) => hold::run(target, db, args).await?,

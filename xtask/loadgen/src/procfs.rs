@@ -5,15 +5,23 @@ use anyhow::{Context, Result};
 
 /// Resident set size in bytes (`VmRSS` of /proc/<pid>/status).
 pub fn rss_bytes(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// The highest resident set size the process has had, in bytes (`VmHWM`).
+pub fn peak_rss_bytes(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+}
+
+fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
-    let kib: u64 = status
+    Ok(status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
-        .context("no VmRSS")?
-        .parse()?;
-    Ok(kib * 1024)
+        .with_context(|| format!("no {field}"))?
+        .parse()?)
 }
 
 /// User plus system CPU time in seconds (`utime` + `stime` of /proc/<pid>/stat).

@@ -286,7 +286,7 @@ async fn client(shared: Arc<Shared>, c: u32, args: SoakArgs) -> ClientLog {
             let at = Instant::now();
             for item in &items {
                 match *item {
-                    Item::Retry => joined_at = Some(at),
+                    Item::Retry(_) => joined_at = Some(at),
                     Item::Event {
                         seq, own_thread, ..
                     } => {
@@ -301,7 +301,8 @@ async fn client(shared: Arc<Shared>, c: u32, args: SoakArgs) -> ClientLog {
                         log.receipts.push((seq, at, joined_at.unwrap_or(at)));
                         shared.delivered.fetch_add(1, Ordering::Relaxed);
                     }
-                    Item::Comment => {}
+                    // The soak's clients resume from an id of their own (never live).
+                    Item::Comment | Item::Joined(_) => {}
                 }
             }
             shared.last_seq[c as usize].store(last, Ordering::Relaxed);

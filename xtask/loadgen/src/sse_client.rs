@@ -22,10 +22,12 @@ const MAX_HEAD: usize = 4096;
 /// What a stream carried, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
-    /// The `retry:` frame: the stream has joined its thread.
-    Retry,
+    /// A `retry:` field, in milliseconds; the first one says the stream has joined its thread.
+    Retry(u64),
     /// A comment line (the heartbeat).
     Comment,
+    /// A live stream's `joined` event: the seq it joined its thread at.
+    Joined(i64),
     Event {
         seq: i64,
         kind: Kind,
@@ -277,8 +279,12 @@ impl Parser {
     fn sse(&mut self, data: &[u8], items: &mut Vec<Item>) {
         for item in self.sse.feed(data) {
             items.push(match item {
-                SseItem::Retry(_) => Item::Retry,
+                SseItem::Retry(ms) => Item::Retry(ms),
                 SseItem::Comment(_) => Item::Comment,
+                SseItem::Joined(id) => match id.parse() {
+                    Ok(seq) => Item::Joined(seq),
+                    Err(_) => continue,
+                },
                 SseItem::Event(event) => {
                     let kind = match ChangeKind::parse(&event.event) {
                         Some(ChangeKind::Reply) => Kind::Reply,
@@ -327,7 +333,7 @@ mod tests {
         let mut body = body;
         body.extend_from_slice(b"0\r\n\r\n");
         let expected = vec![
-            Item::Retry,
+            Item::Retry(2000),
             Item::Event {
                 seq: 7,
                 kind: Kind::Reply,
