@@ -134,10 +134,17 @@ mod tests {
     use super::*;
     use crate::delivery::{Settings, Start, Step};
     use crate::metrics::Metrics;
+    use crate::source::Source;
     use crate::store::MemStore;
 
     fn rig() -> (Arc<MemStore>, Delivery, CancellationToken) {
-        let source = MemStore::source(false);
+        rig_of(Source {
+            batched: true,
+            ..MemStore::source(false)
+        })
+    }
+
+    fn rig_of(source: Source) -> (Arc<MemStore>, Delivery, CancellationToken) {
         // A store that announces nothing: every change is a lost notification.
         let store = Arc::new(MemStore::new(source.clone()));
         let shutdown = CancellationToken::new();
@@ -180,6 +187,24 @@ mod tests {
         delivery.spawn_anti_entropy(Duration::from_millis(50));
         assert_eq!(next_seq(&mut feed).await, 1);
         assert_eq!(next_seq(&mut feed).await, 2);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_source_switched_to_batched_under_a_running_broadcaster_is_swept() {
+        let per_transaction = MemStore::source(false);
+        let (store, delivery, shutdown) = rig_of(per_transaction.clone());
+        let thread = store.create_thread("t");
+        let mut feed = delivery.feed(&thread.to_string(), Start::Live);
+        joined(&mut feed).await;
+        delivery.spawn_anti_entropy(Duration::from_millis(50));
+        store.insert(thread, "one");
+        // `enable(..., delivery => 'batched')` run again; the listener follows the registration.
+        delivery.set_source(&Source {
+            batched: true,
+            ..per_transaction
+        });
+        assert_eq!(next_seq(&mut feed).await, 1);
         shutdown.cancel();
     }
 
