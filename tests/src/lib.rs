@@ -81,7 +81,7 @@ pub fn init_logging() {
 /// commit NOTIFYs) and `name::batched` (the batch worker does). The body gets the mode as the
 /// parameter it names; the attribute (`#[tokio::test(...)]`) applies to both.
 ///
-/// ```ignore
+/// ```text
 /// in_both_modes! {
 ///     #[tokio::test]
 ///     async fn a_reply_arrives(mode) {
