@@ -25,8 +25,10 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::shmem::PgSharedMemoryInitialization;
 
-/// Bytes per ring, in kB (`threadcast.ring_size`).
-pub static RING_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
+/// Bytes per ring, in kB (`threadcast.ring_size`). The ring must hold what commits while a worker
+/// connects to its database after an idle spell: with 8 writers at about 9,000 commits a second on
+/// 2 cores, that peaked at 2.1 MB (`docs/benchmarks.md`), and 1 MB overflowed at every such start.
+pub static RING_KB: GucSetting<i32> = GucSetting::<i32>::new(8 * 1024);
 /// Rings and workers: how many databases can use batched delivery at once.
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Seconds a worker stays with its database with nothing to send (0: for good).

@@ -196,11 +196,19 @@ fn tables_sql() -> Result<String> {
         .join("\n"))
 }
 
+/// What a consumer has drained: changes (each member of a batch), and resync notices (batched
+/// delivery dropped changes, a ring overflow: a reader would have read its threads again).
+#[derive(Default)]
+struct Drained {
+    changes: AtomicU64,
+    resyncs: AtomicU64,
+}
+
 /// A LISTEN connection that counts the changes it drains (each member of a batch), for as long
 /// as the runtime lives.
-async fn consumer(url: String) -> Result<(tokio_postgres::Client, Arc<AtomicU64>)> {
+async fn consumer(url: String) -> Result<(tokio_postgres::Client, Arc<Drained>)> {
     let (client, mut conn) = tokio_postgres::connect(&url, NoTls).await?;
-    let count = Arc::new(AtomicU64::new(0));
+    let count = Arc::new(Drained::default());
     let seen = count.clone();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -208,10 +216,13 @@ async fn consumer(url: String) -> Result<(tokio_postgres::Client, Arc<AtomicU64>
             if let AsyncMessage::Notification(n) = message {
                 let changes = match Notification::parse(n.payload()) {
                     Ok(Notification::Batch(members)) => members.len() as u64,
-                    Ok(Notification::Resync(_)) => 0,
+                    Ok(Notification::Resync(_)) => {
+                        seen.resyncs.fetch_add(1, Ordering::Relaxed);
+                        0
+                    }
                     _ => 1,
                 };
-                seen.fetch_add(changes, Ordering::Relaxed);
+                seen.changes.fetch_add(changes, Ordering::Relaxed);
             }
         }
     });
@@ -221,12 +232,12 @@ async fn consumer(url: String) -> Result<(tokio_postgres::Client, Arc<AtomicU64>
 
 /// A consumer of the logical messages of the slot `threadcast_bench` (pgoutput, with messages,
 /// through a publication of no table): reads what is there every 20 ms, counts the messages.
-async fn slot_consumer(url: String) -> Result<(tokio_postgres::Client, Arc<AtomicU64>)> {
+async fn slot_consumer(url: String) -> Result<(tokio_postgres::Client, Arc<Drained>)> {
     let (client, conn) = tokio_postgres::connect(&url, NoTls).await?;
     tokio::spawn(conn);
     let (reader, conn) = tokio_postgres::connect(&url, NoTls).await?;
     tokio::spawn(conn);
-    let count = Arc::new(AtomicU64::new(0));
+    let count = Arc::new(Drained::default());
     let seen = count.clone();
     tokio::spawn(async move {
         loop {
@@ -240,7 +251,9 @@ async fn slot_consumer(url: String) -> Result<(tokio_postgres::Client, Arc<Atomi
                 )
                 .await;
             match read {
-                Ok(row) => seen.fetch_add(row.get::<_, i64>(0) as u64, Ordering::Relaxed),
+                Ok(row) => seen
+                    .changes
+                    .fetch_add(row.get::<_, i64>(0) as u64, Ordering::Relaxed),
                 Err(_) => return,
             };
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -464,7 +477,8 @@ fn measure(cluster: &Cluster, args: &Args, setups: &[Setup]) -> Result<()> {
                     "-c",
                     "CHECKPOINT",
                 ]))?;
-                let before = consumers[si].1.load(Ordering::Relaxed);
+                let before = consumers[si].1.changes.load(Ordering::Relaxed);
+                let resyncs_before = consumers[si].1.resyncs.load(Ordering::Relaxed);
                 let figure = pgbench(cluster, &db, &script, clients, args)?;
                 let rows: u64 = cmd::output(cluster.psql(&db).args([
                     "-t",
@@ -476,11 +490,17 @@ fn measure(cluster: &Cluster, args: &Args, setups: &[Setup]) -> Result<()> {
                 .parse()?;
                 // The consumer must keep up, or the figure would not include draining.
                 let drained = wait_drained(
-                    &consumers[si].1,
+                    &consumers[si].1.changes,
                     before,
                     if setup.feed == Feed::Silent { 0 } else { rows },
                 );
-                eprintln!("run {} clients {clients:>2} {name:<12} {figure:>9.1} tps  ({rows} rows, {drained} changes drained)", run + 1);
+                // A resync notice (a ring overflowed) explains changes that were not drained.
+                let resyncs = consumers[si].1.resyncs.load(Ordering::Relaxed) - resyncs_before;
+                let resyncs = match resyncs {
+                    0 => String::new(),
+                    n => format!(", {n} resync notice(s)"),
+                };
+                eprintln!("run {} clients {clients:>2} {name:<12} {figure:>9.1} tps  ({rows} rows, {drained} changes drained{resyncs})", run + 1);
                 tps[ci][si].push(figure);
             }
         }
