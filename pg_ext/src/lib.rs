@@ -42,10 +42,13 @@ pub extern "C-unwind" fn _PG_init() {
         );
         pg_sys::CacheRegisterRelcacheCallback(Some(keys::forget_key), pg_sys::Datum::from(0));
     }
-    ring::define_settings();
     pending::register_callbacks();
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        // Only here: settings read at server start cannot be defined once it runs (a backend
+        // that loads the library later would die with FATAL). Without the preload there are no
+        // rings, and batched delivery is refused by enable() and reported by doctor().
+        ring::define_settings();
         attach_rings();
         worker::register();
     }

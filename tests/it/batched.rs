@@ -450,3 +450,34 @@ async fn a_forged_batch_and_a_forged_resync_from_a_stranger_reach_no_stream() {
         "the forgeries showed nothing; the real reply takes its number"
     );
 }
+
+/// Without `shared_preload_libraries`, a batched source could never reach its worker: enable()
+/// refuses the mode, with a hint that names the setting, and the source keeps announcing per
+/// transaction.
+#[tokio::test]
+async fn without_the_preload_enable_refuses_batched_delivery_with_a_hint() {
+    let cluster = Cluster::start_with(&[("shared_preload_libraries", "''")]);
+    let db = TestDb::in_cluster(&cluster).await;
+    let error = db
+        .client
+        .batch_execute("SELECT threadcast.enable('public.feedback_replies', delivery => 'batched')")
+        .await
+        .expect_err("batched delivery is refused without the preload");
+    let db_error = error.as_db_error().expect("a PostgreSQL ERROR");
+    assert_eq!(
+        db_error.message(),
+        "threadcast: batched delivery needs the threadcast library loaded when the server starts"
+    );
+    assert!(
+        db_error
+            .hint()
+            .is_some_and(|h| h.contains("shared_preload_libraries = 'threadcast'")),
+        "{db_error:?}"
+    );
+    let mut heard = Heard::listen(&db.admin_url, "threadcast").await;
+    let thread = db.create_thread().await;
+    db.insert_reply(thread, "still heard").await;
+    let text = heard.next().await;
+    let p = Payload::decode(&text).unwrap();
+    assert_eq!(p.seq, 1, "the source still announces per transaction");
+}
