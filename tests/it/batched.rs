@@ -5,20 +5,18 @@
 //! delivery and fault tests of `delivery.rs`, `extension_delivery.rs` and `faults.rs` run in
 //! both modes as well.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use threadcast_broadcaster::Config;
 use threadcast_payload::{DeliveryMode, Payload, Resync, ResyncReason};
 use threadcast_tests::db::Heard;
 use threadcast_tests::{
-    assert_every_subscriber_got_exactly_once, eventually, in_both_modes, Cluster, Subscriber,
-    TestDb, TestServer, Writer,
+    assert_every_subscriber_got_exactly_once, in_both_modes, Cluster, Subscriber, TestDb,
+    TestServer,
 };
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::faults::{quick_recovery, threads, Burst};
 
 /// A batched test database in a private cluster with `settings` (crashes and tiny rings must not
 /// touch the shared cluster). Commits wait for the WAL: a crash then loses no transaction whose
@@ -29,11 +27,6 @@ async fn private(settings: &[(&str, &str)]) -> (Cluster, TestDb) {
     let cluster = Cluster::start_with(&all);
     let db = TestDb::in_cluster_with(&cluster, DeliveryMode::Batched).await;
     (cluster, db)
-}
-
-fn quick_recovery(config: &mut Config) {
-    config.retry = Duration::from_millis(100);
-    config.max_backoff = Duration::from_millis(500);
 }
 
 /// The batch worker serving this database: its pid, once it has one.
@@ -78,71 +71,6 @@ async fn doctor(client: &Client, check: &str) -> (bool, String) {
         .await
         .unwrap_or_else(|e| panic!("doctor has a {check:?} row: {e}"));
     (row.get(0), row.get(1))
-}
-
-/// Writers inserting round-robin into `threads` until stopped, retrying through outages.
-struct Burst {
-    stop: CancellationToken,
-    written: Arc<AtomicU64>,
-    writers: Vec<tokio::task::JoinHandle<u64>>,
-}
-
-fn burst(db: &TestDb, threads: &[Uuid], writers: usize) -> Burst {
-    let stop = CancellationToken::new();
-    let written = Arc::new(AtomicU64::new(0));
-    let handles = (0..writers)
-        .map(|w| {
-            let (stop, written, threads) = (stop.clone(), written.clone(), threads.to_vec());
-            let mut writer = Writer::new(&db.admin_url);
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !stop.is_cancelled() {
-                    let thread = threads[(w + i) % threads.len()];
-                    writer
-                        .insert_reply(thread, &format!("writer {w} reply {i}"))
-                        .await;
-                    written.fetch_add(1, Ordering::SeqCst);
-                    i += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                writer.retries
-            })
-        })
-        .collect();
-    Burst {
-        stop,
-        written,
-        writers: handles,
-    }
-}
-
-impl Burst {
-    /// Waits until `more` replies beyond those written so far are stored.
-    async fn wait_for_more(&self, more: u64) {
-        let target = self.written.load(Ordering::SeqCst) + more;
-        eventually(&format!("{target} replies to be written"), || async {
-            self.written.load(Ordering::SeqCst) >= target
-        })
-        .await;
-    }
-
-    /// Stops the writers; returns how many writes had to be retried.
-    async fn finish(self) -> u64 {
-        self.stop.cancel();
-        let mut retries = 0;
-        for writer in self.writers {
-            retries += writer.await.expect("a writer does not panic");
-        }
-        retries
-    }
-}
-
-async fn threads(db: &TestDb, n: usize) -> Vec<Uuid> {
-    let mut threads = Vec::new();
-    for _ in 0..n {
-        threads.push(db.create_thread().await);
-    }
-    threads
 }
 
 /// Waits until each subscriber has its thread's current number, with nothing written meanwhile:
@@ -319,7 +247,7 @@ async fn a_batch_worker_told_to_stop_mid_burst_comes_back_resyncs_and_loses_noth
         .iter()
         .map(|t| server.subscribe(format!("client of {t}"), *t))
         .collect();
-    let writers = burst(&db, &threads, 3);
+    let writers = Burst::start(&db, &threads, 3, Duration::from_millis(5));
     let first = worker_pid(&db).await;
     db.client
         .execute("SELECT pg_terminate_backend($1)", &[&first])
@@ -350,7 +278,7 @@ async fn kill_9_of_the_batch_worker_mid_burst_loses_nothing() {
         .flat_map(|t| (0..2).map(move |n| (n, *t)))
         .map(|(n, t)| server.subscribe(format!("client {n} of {t}"), t))
         .collect();
-    let writers = burst(&db, &threads, 4);
+    let writers = Burst::start(&db, &threads, 4, Duration::from_millis(5));
     let pid = worker_pid(&db).await;
     writers.wait_for_more(40).await;
     // SAFETY: kill has no memory-safety preconditions; the pid is the worker's.
@@ -381,7 +309,7 @@ async fn a_postgresql_crash_mid_burst_loses_nothing_committed() {
         .flat_map(|t| (0..2).map(move |n| (n, *t)))
         .map(|(n, t)| server.subscribe(format!("client {n} of {t}"), t))
         .collect();
-    let writers = burst(&db, &threads, 4);
+    let writers = Burst::start(&db, &threads, 4, Duration::from_millis(5));
     worker_pid(&db).await;
     writers.wait_for_more(40).await;
     tokio::task::block_in_place(|| cluster.crash()).expect("crash the server");

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 /// Fast reconnects for fault tests: a client retries after 100 ms, the LISTEN connection after
 /// at most 500 ms.
-fn quick_recovery(config: &mut Config) {
+pub(crate) fn quick_recovery(config: &mut Config) {
     config.retry = Duration::from_millis(100);
     config.max_backoff = Duration::from_millis(500);
 }
@@ -47,14 +47,14 @@ fn audience(server: &TestServer, threads: &[Uuid], per_thread: usize) -> Vec<Sub
 
 /// Writers inserting replies round-robin into several threads, one every `every` each, until
 /// stopped; they retry through outages.
-struct Burst {
+pub(crate) struct Burst {
     stop: CancellationToken,
     written: Arc<AtomicU64>,
     writers: Vec<JoinHandle<u64>>,
 }
 
 impl Burst {
-    fn start(db: &TestDb, threads: &[Uuid], writers: usize, every: Duration) -> Burst {
+    pub(crate) fn start(db: &TestDb, threads: &[Uuid], writers: usize, every: Duration) -> Burst {
         let stop = CancellationToken::new();
         let written = Arc::new(AtomicU64::new(0));
         let writers = (0..writers)
@@ -89,7 +89,7 @@ impl Burst {
     }
 
     /// Waits until `more` replies beyond the current count are stored.
-    async fn wait_for_more(&self, more: u64) {
+    pub(crate) async fn wait_for_more(&self, more: u64) {
         let target = self.written() + more;
         eventually(&format!("{target} replies to be written"), || async {
             self.written() >= target
@@ -98,7 +98,7 @@ impl Burst {
     }
 
     /// Stops the writers; returns how many writes had to be retried.
-    async fn finish(self) -> u64 {
+    pub(crate) async fn finish(self) -> u64 {
         self.stop.cancel();
         let mut retries = 0;
         for writer in self.writers {
@@ -108,7 +108,8 @@ impl Burst {
     }
 }
 
-async fn threads(db: &TestDb, n: usize) -> Vec<Uuid> {
+/// `n` fresh threads.
+pub(crate) async fn threads(db: &TestDb, n: usize) -> Vec<Uuid> {
     let mut threads = Vec::with_capacity(n);
     for _ in 0..n {
         threads.push(db.create_thread().await);
